@@ -1,0 +1,69 @@
+/* comm.h — the communicator's internal state and the pieces of the library that build it.
+ *
+ * A call flows: tpc_all_reduce (allreduce.c: validate, choose) -> custom kernels (kernels/allreduce.cu via
+ * ipc.c's arena) or NCCL (nccl_path.c) or a local copy. The communicator is built by comm.c: bootstrap
+ * (bootstrap.c) -> peer info all-gather -> topology probe (topo.c, nvml.c) -> arena (ipc.c) -> NCCL.
+ * Internal to the library. */
+#ifndef TPCOMM_COMM_H
+#define TPCOMM_COMM_H
+
+#include <stdint.h>
+
+#include "bootstrap.h"
+#include "debug.h"
+#include "topo.h"
+#include "tpcomm/tpcomm.h"
+
+#define TPC_COMM_MAGIC 0x436f6d6du /* live */
+#define TPC_COMM_DEAD 0xdeadc0deu  /* destroyed: the struct stays as a tombstone so misuse is detected */
+
+struct tpc_arena; /* ipc.c */
+
+struct tpc_comm {
+  uint32_t magic;
+  int rank, nranks, device;
+  char last_error[TPC_ERRMSG_LEN];
+
+  /* resolved configuration (param.h) */
+  int timeout_ms;
+  int64_t max_bytes;
+  int forced_algo;  /* tpc_algo_t, AUTO = choose */
+  int p2p_disable, allow_shared_gpu, use_nccl, pdl;
+  int64_t push_max_bytes, oneshot_max_bytes;
+  int num_blocks;
+  int nvlink_required; /* -1 = by world size */
+
+  tpc_transport_t transport;
+  char transport_reason[256];
+  tpc_peer_info_t* peers; /* nranks entries, identical on every rank */
+  int sm_count;
+
+  void* nccl; /* ncclComm_t, or NULL */
+  char nccl_reason[160];
+  struct tpc_arena* arena; /* custom path state, or NULL */
+
+  /* serialization of calls made from several streams (allreduce.c) */
+  void* order_event; /* cudaEvent_t */
+  void* last_stream;
+  unsigned long long last_capture_id;
+  int have_last;
+
+  int aborted;
+  tpc_status_t async_error;
+};
+
+/* Validates a handle: TPC_ERR_INVALID_ARGUMENT for NULL, TPC_ERR_INVALID_USAGE for destroyed or foreign. */
+tpc_status_t tpc_comm_check(const struct tpc_comm* comm, const char* fn);
+
+/* NCCL path (nccl_path.c) */
+tpc_status_t tpc_nccl_init(struct tpc_comm* comm, tpc_bootstrap_t* bs);
+tpc_status_t tpc_nccl_all_reduce(struct tpc_comm* comm, const void* sendbuf, void* recvbuf, size_t count,
+                                 tpc_dtype_t dtype, cudaStream_t stream);
+tpc_status_t tpc_nccl_async_error(struct tpc_comm* comm);
+void tpc_nccl_abort(struct tpc_comm* comm);
+void tpc_nccl_destroy(struct tpc_comm* comm);
+
+/* element size of a valid dtype */
+static inline size_t tpc_dtype_size(tpc_dtype_t d) { return d == TPC_FLOAT32 ? 4 : 2; }
+
+#endif

@@ -1,0 +1,149 @@
+/* testutil.c — see testutil.h. */
+#define _GNU_SOURCE
+#include "testutil.h"
+
+#include <cuda_runtime_api.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+int tpc_test_gpu_count(const char** why) {
+  int n = 0;
+  cudaError_t e = cudaGetDeviceCount(&n);
+  if (e != cudaSuccess) {
+    if (why) *why = cudaGetErrorString(e);
+    cudaGetLastError();
+    return 0;
+  }
+  if (n == 0 && why) *why = "cudaGetDeviceCount returned 0";
+  return n;
+}
+
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+int tpc_test_run(char* const argv[], char* const env[], char** out, int timeout_s) {
+  int pfd[2];
+  if (pipe2(pfd, O_CLOEXEC) != 0) return -1;
+  pid_t pid = fork();
+  if (pid < 0) return -1;
+  if (pid == 0) {
+    dup2(pfd[1], 1);
+    dup2(pfd[1], 2);
+    setpgid(0, 0);
+    for (int i = 0; env && env[i]; i++) putenv(env[i]);
+    execvp(argv[0], argv);
+    fprintf(stderr, "exec %s: %s\n", argv[0], strerror(errno));
+    _exit(127);
+  }
+  close(pfd[1]);
+  size_t cap = 4096, len = 0;
+  char* buf = malloc(cap);
+  double deadline = now_s() + timeout_s;
+  int timed_out = 0;
+  for (;;) {
+    struct pollfd p = {pfd[0], POLLIN, 0};
+    int left_ms = (int)((deadline - now_s()) * 1000);
+    if (left_ms <= 0) {
+      timed_out = 1;
+      break;
+    }
+    int r = poll(&p, 1, left_ms);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) continue;
+    if (len + 1024 > cap) buf = realloc(buf, cap *= 2);
+    ssize_t n = read(pfd[0], buf + len, cap - len - 1);
+    if (n <= 0) break;
+    len += (size_t)n;
+  }
+  close(pfd[0]);
+  buf[len] = 0;
+  if (out) *out = buf;
+  else free(buf);
+  if (timed_out) {
+    kill(-pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+    return -2;
+  }
+  int st = 0;
+  while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {
+  }
+  return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+void tpc_test_fill_random(float* x, size_t n, uint64_t seed) {
+  uint64_t s = seed * 0x9E3779B97F4A7C15ull + 1;
+  for (size_t i = 0; i < n; i++) {
+    s ^= s << 13;
+    s ^= s >> 7;
+    s ^= s << 17;
+    x[i] = (float)((double)(s >> 11) / (double)(1ull << 53) * 2.0 - 1.0);
+  }
+}
+
+uint16_t tpc_test_f32_to_bf16(float f) {
+  uint32_t u;
+  memcpy(&u, &f, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
+  u += 0x7fffu + ((u >> 16) & 1u); /* round to nearest even */
+  return (uint16_t)(u >> 16);
+}
+
+float tpc_test_bf16_to_f32(uint16_t h) {
+  uint32_t u = (uint32_t)h << 16;
+  float f;
+  memcpy(&f, &u, 4);
+  return f;
+}
+
+uint16_t tpc_test_f32_to_f16(float f) {
+  /* round-to-nearest-even conversion, handles normals, subnormals, inf and nan */
+  uint32_t x;
+  memcpy(&x, &f, 4);
+  uint32_t sign = (x >> 16) & 0x8000u;
+  uint32_t mant = x & 0x007fffffu;
+  int32_t exp = (int32_t)((x >> 23) & 0xff);
+  if (exp == 0xff) return (uint16_t)(sign | 0x7c00u | (mant ? 0x200u : 0));
+  int32_t e = exp - 127 + 15;
+  if (e >= 0x1f) return (uint16_t)(sign | 0x7c00u);
+  if (e <= 0) {
+    if (e < -10) return (uint16_t)sign;
+    mant |= 0x00800000u;
+    uint32_t shift = (uint32_t)(14 - e);
+    uint32_t half = mant >> shift;
+    uint32_t rem = mant & ((1u << shift) - 1);
+    uint32_t mid = 1u << (shift - 1);
+    if (rem > mid || (rem == mid && (half & 1))) half++;
+    return (uint16_t)(sign | half);
+  }
+  uint32_t h = sign | ((uint32_t)e << 10) | (mant >> 13);
+  uint32_t rem = mant & 0x1fffu;
+  if (rem > 0x1000u || (rem == 0x1000u && (h & 1))) h++;
+  return (uint16_t)h;
+}
+
+float tpc_test_f16_to_f32(uint16_t h) {
+  uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+  uint32_t exp = (h >> 10) & 0x1f;
+  uint32_t mant = h & 0x3ffu;
+  float f;
+  if (exp == 0) {
+    f = ldexpf((float)mant, -24);
+    if (sign) f = -f;
+    return f;
+  }
+  uint32_t u = exp == 0x1f ? (sign | 0x7f800000u | (mant << 13)) : (sign | ((exp - 15 + 127) << 23) | (mant << 13));
+  memcpy(&f, &u, 4);
+  return f;
+}
