@@ -63,6 +63,13 @@ tpc_status_t tpc_nccl_async_error(struct tpc_comm* comm);
 void tpc_nccl_abort(struct tpc_comm* comm);
 void tpc_nccl_destroy(struct tpc_comm* comm);
 
+/* The error a custom kernel recorded (timeout, abort), as a status with a message; TPC_SUCCESS if none. */
+tpc_status_t tpc_comm_device_error(struct tpc_comm* comm);
+
+/* The algorithm for one call (allreduce.c); TPC_NUM_ALGOS when none can serve it (*why says why). Pure. */
+tpc_algo_t tpc_allreduce_choose(const struct tpc_comm* comm, size_t count, tpc_dtype_t dtype, int graph,
+                                tpc_algo_t forced, const char** why);
+
 /* element size of a valid dtype */
 static inline size_t tpc_dtype_size(tpc_dtype_t d) { return d == TPC_FLOAT32 ? 4 : 2; }
 

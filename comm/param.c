@@ -18,7 +18,7 @@ const tpc_param_desc_t tpc_params[TPC_NUM_PARAMS] = {
                          "Largest all-reduce (bytes) served by the custom kernels; larger ones go to NCCL. Sizes the "
                          "two-shot buffer of the IPC arena."},
     [TPC_P_ALLREDUCE_ALGO] = {"TPCOMM_ALLREDUCE_ALGO", TPC_PARAM_ALGO, "auto",
-                              "auto|oneshot|twoshot|nccl: force one all-reduce algorithm for every call."},
+                              "auto, oneshot, twoshot or nccl: force one all-reduce algorithm for every call."},
     [TPC_P_P2P_DISABLE] = {"TPCOMM_P2P_DISABLE", TPC_PARAM_BOOL, "0",
                            "1: never use the custom kernels; everything goes through NCCL."},
     [TPC_P_ALLOW_SHARED_GPU] = {"TPCOMM_ALLOW_SHARED_GPU", TPC_PARAM_BOOL, "0",
@@ -40,9 +40,11 @@ const tpc_param_desc_t tpc_params[TPC_NUM_PARAMS] = {
     [TPC_P_NVLINK_REQUIRED] = {"TPCOMM_NVLINK_REQUIRED", TPC_PARAM_BOOL, "",
                                "1: require NVLink between every pair for the custom kernels; 0: P2P over PCIe is "
                                "enough. Default: required for more than 2 ranks."},
-    [TPC_P_DEBUG] = {"TPCOMM_DEBUG", TPC_PARAM_STRING, "WARN", "NONE|WARN|INFO|TRACE: log level."},
+    [TPC_P_DEBUG] = {"TPCOMM_DEBUG", TPC_PARAM_STRING, "WARN", "NONE, WARN, INFO or TRACE: log level (WARN prints errors only)."},
     [TPC_P_DEBUG_SUBSYS] = {"TPCOMM_DEBUG_SUBSYS", TPC_PARAM_STRING, "ALL",
                             "Comma-separated INIT,BOOT,P2P,COLL,ENV,ALLOC: subsystems logged at INFO/TRACE."},
+    [TPC_P_DEBUG_FILE] = {"TPCOMM_DEBUG_FILE", TPC_PARAM_STRING, "",
+                          "Log to this file instead of stderr; %h becomes the host name, %p the pid."},
     [TPC_P_RANK] = {"TPCOMM_RANK", TPC_PARAM_INT, "", "Rank of this process (set by tpcomm-run)."},
     [TPC_P_WORLD_SIZE] = {"TPCOMM_WORLD_SIZE", TPC_PARAM_INT, "", "Number of ranks (set by tpcomm-run)."},
     [TPC_P_LOCAL_RANK] = {"TPCOMM_LOCAL_RANK", TPC_PARAM_INT, "", "Rank among this host's ranks (set by tpcomm-run)."},

@@ -1,0 +1,172 @@
+/* test_api.c — the public API on bad input (no GPU needed): every bad call returns a tpc_ status and a
+ * message naming the argument and value; misuse after destroy; abort; and the timeout bookkeeping that
+ * turns a kernel's status word into TPC_ERR_TIMEOUT naming the peer. Communicators here are assembled
+ * in memory (internal headers) so that no GPU is needed. */
+#include <criterion/criterion.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "comm.h"
+#include "ipc.h"
+#include "tpcomm/tpcomm.h"
+
+static struct tpc_comm* fake_comm(void) {
+  struct tpc_comm* c = calloc(1, sizeof *c);
+  c->magic = TPC_COMM_MAGIC;
+  c->nranks = 2;
+  c->rank = 0;
+  c->timeout_ms = 1234;
+  return c;
+}
+
+#define ASSERT_ERR(call, status, needle)                                                          \
+  do {                                                                                            \
+    tpc_status_t s_ = (call);                                                                     \
+    cr_assert_eq(s_, (status), "%s returned %d (%s)", #call, (int)s_, tpc_get_last_error(NULL)); \
+    cr_assert(strstr(tpc_get_last_error(NULL), (needle)), "message '%s' lacks '%s'",              \
+              tpc_get_last_error(NULL), (needle));                                                \
+  } while (0)
+
+Test(api, init_rank_bad_arguments) {
+  tpc_unique_id_t id;
+  memset(&id, 0, sizeof id);
+  tpc_comm_t comm;
+  ASSERT_ERR(tpc_comm_init_rank(NULL, 2, id, 0, NULL), TPC_ERR_INVALID_ARGUMENT, "comm");
+  ASSERT_ERR(tpc_comm_init_rank(&comm, 0, id, 0, NULL), TPC_ERR_INVALID_ARGUMENT, "nranks=0");
+  ASSERT_ERR(tpc_comm_init_rank(&comm, 4, id, 5, NULL), TPC_ERR_INVALID_ARGUMENT, "rank=5");
+  ASSERT_ERR(tpc_comm_init_rank(&comm, 4, id, -1, NULL), TPC_ERR_INVALID_ARGUMENT, "rank=-1");
+  tpc_config_t cfg = TPC_CONFIG_INITIALIZER;
+  cfg.magic = 7;
+  ASSERT_ERR(tpc_comm_init_rank(&comm, 2, id, 0, &cfg), TPC_ERR_INVALID_ARGUMENT, "config->magic=0x7");
+  tpc_status_t s = tpc_comm_init_rank(&comm, 2, id, 0, NULL); /* an all-zero id is not an id */
+  cr_assert_neq(s, TPC_SUCCESS);
+  cr_assert_null(comm);
+}
+
+Test(api, init_allgather_and_env_bad_arguments) {
+  tpc_comm_t comm;
+  ASSERT_ERR(tpc_comm_init_allgather(&comm, 2, 0, NULL, NULL, NULL), TPC_ERR_INVALID_ARGUMENT, "allgather");
+  ASSERT_ERR(tpc_comm_init_allgather(&comm, 2, 2, NULL, NULL, NULL), TPC_ERR_INVALID_ARGUMENT, "rank=2");
+  unsetenv("TPCOMM_RANK");
+  ASSERT_ERR(tpc_comm_init_env(&comm, NULL), TPC_ERR_INVALID_USAGE, "TPCOMM_RANK is not set");
+  setenv("TPCOMM_RANK", "one", 1);
+  ASSERT_ERR(tpc_comm_init_env(&comm, NULL), TPC_ERR_INVALID_ARGUMENT, "TPCOMM_RANK='one'");
+  unsetenv("TPCOMM_RANK");
+  ASSERT_ERR(tpc_comm_init_env(NULL, NULL), TPC_ERR_INVALID_ARGUMENT, "comm");
+}
+
+Test(api, malformed_timeout_env_rejected) {
+  tpc_unique_id_t id;
+  cr_assert_eq(tpc_get_unique_id(&id), TPC_SUCCESS);
+  tpc_comm_t comm;
+  setenv("TPCOMM_TIMEOUT_MS", "soon", 1);
+  ASSERT_ERR(tpc_comm_init_rank(&comm, 1, id, 0, NULL), TPC_ERR_INVALID_ARGUMENT, "TPCOMM_TIMEOUT_MS='soon'");
+  unsetenv("TPCOMM_TIMEOUT_MS");
+  tpc_config_t cfg = TPC_CONFIG_INITIALIZER;
+  cfg.timeout_ms = 0;
+  ASSERT_ERR(tpc_comm_init_rank(&comm, 1, id, 0, &cfg), TPC_ERR_INVALID_ARGUMENT, "timeout_ms=0");
+}
+
+Test(api, all_reduce_bad_arguments) {
+  struct tpc_comm* c = fake_comm();
+  char buf[64];
+  ASSERT_ERR(tpc_all_reduce(buf, buf, 4, TPC_BFLOAT16, TPC_SUM, NULL, 0), TPC_ERR_INVALID_ARGUMENT, "comm is NULL");
+  ASSERT_ERR(tpc_all_reduce(buf, buf, 4, (tpc_dtype_t)9, TPC_SUM, c, 0), TPC_ERR_INVALID_ARGUMENT, "dtype=9");
+  ASSERT_ERR(tpc_all_reduce(buf, buf, 4, TPC_FLOAT32, (tpc_redop_t)3, c, 0), TPC_ERR_INVALID_ARGUMENT, "op=3");
+  ASSERT_ERR(tpc_all_reduce_algo(buf, buf, 4, TPC_FLOAT32, TPC_SUM, (tpc_algo_t)7, c, 0), TPC_ERR_INVALID_ARGUMENT,
+             "algo=7");
+  ASSERT_ERR(tpc_all_reduce(NULL, buf, 4, TPC_FLOAT32, TPC_SUM, c, 0), TPC_ERR_INVALID_ARGUMENT, "sendbuf is NULL");
+  ASSERT_ERR(tpc_all_reduce(buf, NULL, 4, TPC_FLOAT32, TPC_SUM, c, 0), TPC_ERR_INVALID_ARGUMENT, "recvbuf is NULL");
+  ASSERT_ERR(tpc_all_reduce(buf, buf + 2, 4, TPC_FLOAT32, TPC_SUM, c, 0), TPC_ERR_INVALID_ARGUMENT, "overlap");
+  ASSERT_ERR(tpc_all_reduce(buf, buf, (size_t)-1, TPC_FLOAT32, TPC_SUM, c, 0), TPC_ERR_INVALID_ARGUMENT, "too large");
+  cr_assert_eq(tpc_all_reduce(NULL, NULL, 0, TPC_BFLOAT16, TPC_SUM, c, 0), TPC_SUCCESS, "count 0 is a no-op");
+  /* the message is also kept on the communicator */
+  tpc_all_reduce(buf, buf, 4, (tpc_dtype_t)9, TPC_SUM, c, 0);
+  cr_assert(strstr(tpc_get_last_error(c), "dtype=9"));
+  free(c);
+}
+
+Test(api, queries_validate_outputs) {
+  struct tpc_comm* c = fake_comm();
+  int r = -1;
+  cr_assert_eq(tpc_comm_rank(c, &r), TPC_SUCCESS);
+  cr_assert_eq(r, 0);
+  cr_assert_eq(tpc_comm_size(c, &r), TPC_SUCCESS);
+  cr_assert_eq(r, 2);
+  ASSERT_ERR(tpc_comm_rank(c, NULL), TPC_ERR_INVALID_ARGUMENT, "rank is NULL");
+  ASSERT_ERR(tpc_comm_size(NULL, &r), TPC_ERR_INVALID_ARGUMENT, "comm is NULL");
+  ASSERT_ERR(tpc_comm_transport(c, NULL, NULL), TPC_ERR_INVALID_ARGUMENT, "transport is NULL");
+  ASSERT_ERR(tpc_comm_get_async_error(c, NULL), TPC_ERR_INVALID_ARGUMENT, "async_error is NULL");
+  tpc_algo_t a;
+  ASSERT_ERR(tpc_comm_allreduce_algo(c, 10, (tpc_dtype_t)5, 0, &a), TPC_ERR_INVALID_ARGUMENT, "dtype=5");
+  free(c);
+}
+
+Test(api, misuse_after_destroy) {
+  struct tpc_comm* c = fake_comm();
+  cr_assert_eq(tpc_comm_destroy(c), TPC_SUCCESS);
+  char buf[16];
+  ASSERT_ERR(tpc_all_reduce(buf, buf, 4, TPC_FLOAT32, TPC_SUM, c, 0), TPC_ERR_INVALID_USAGE, "was destroyed");
+  ASSERT_ERR(tpc_comm_destroy(c), TPC_ERR_INVALID_USAGE, "was destroyed");
+  int r;
+  ASSERT_ERR(tpc_comm_rank(c, &r), TPC_ERR_INVALID_USAGE, "was destroyed");
+  struct tpc_comm junk;
+  memset(&junk, 0x5a, sizeof junk);
+  ASSERT_ERR(tpc_comm_rank(&junk, &r), TPC_ERR_INVALID_USAGE, "not a tpcomm communicator");
+  free(c);
+}
+
+Test(api, timeout_bookkeeping_names_peer_and_block) {
+  struct tpc_comm* c = fake_comm();
+  struct tpc_arena ar;
+  memset(&ar, 0, sizeof ar);
+  tpc_ar_status_t st;
+  memset(&st, 0, sizeof st);
+  ar.host_status = &st;
+  c->arena = &ar;
+  tpc_status_t async = TPC_ERR_INTERNAL;
+  cr_assert_eq(tpc_comm_get_async_error(c, &async), TPC_SUCCESS);
+  cr_assert_eq(async, TPC_SUCCESS);
+  /* what a kernel writes when peer 1 never arrives */
+  st.peer = 1;
+  st.block = 3;
+  st.algo = 2;
+  st.error = TPC_AR_ERR_TIMEOUT;
+  cr_assert_eq(tpc_comm_get_async_error(c, &async), TPC_SUCCESS);
+  cr_assert_eq(async, TPC_ERR_TIMEOUT);
+  const char* msg = tpc_get_last_error(c);
+  cr_assert(strstr(msg, "peer 1") && strstr(msg, "1234 ms") && strstr(msg, "two-shot") && strstr(msg, "block 3"), "%s",
+            msg);
+  char buf[16];
+  ASSERT_ERR(tpc_all_reduce(buf, buf, 4, TPC_FLOAT32, TPC_SUM, c, 0), TPC_ERR_TIMEOUT, "peer 1");
+  c->arena = NULL;
+  free(c);
+}
+
+Test(api, abort_stops_device_waits_and_later_calls) {
+  struct tpc_comm* c = fake_comm();
+  struct tpc_arena ar;
+  memset(&ar, 0, sizeof ar);
+  tpc_ar_status_t st;
+  memset(&st, 0, sizeof st);
+  ar.host_status = &st;
+  c->arena = &ar;
+  cr_assert_eq(tpc_comm_abort(c), TPC_SUCCESS);
+  cr_assert_eq(st.abort_flag, 1u, "kernels poll this word and stop waiting");
+  char buf[16];
+  ASSERT_ERR(tpc_all_reduce(buf, buf, 4, TPC_FLOAT32, TPC_SUM, c, 0), TPC_ERR_ABORTED, "aborted");
+  tpc_status_t async;
+  cr_assert_eq(tpc_comm_get_async_error(c, &async), TPC_SUCCESS);
+  cr_assert_eq(async, TPC_ERR_ABORTED);
+  st.error = TPC_AR_ERR_ABORTED;
+  cr_assert_eq(tpc_comm_get_async_error(c, &async), TPC_SUCCESS);
+  cr_assert_eq(async, TPC_ERR_ABORTED);
+  c->arena = NULL;
+  free(c);
+}
+
+Test(api, last_error_without_comm_is_thread_local) {
+  tpc_comm_rank(NULL, NULL);
+  cr_assert(strstr(tpc_get_last_error(NULL), "comm is NULL"));
+  cr_assert(strstr(tpc_get_last_error(NULL), "invalid argument"), "the status is part of the message");
+}

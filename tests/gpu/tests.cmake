@@ -1,0 +1,11 @@
+# GPU tests: the all-reduce worker (one rank, started by tpcomm-run or mpirun) and the Criterion driver
+# that launches it. Without a GPU every case skips with the reason.
+add_executable(tpc_ar_worker ${CMAKE_CURRENT_LIST_DIR}/ar_worker.c)
+target_link_libraries(tpc_ar_worker PRIVATE tpc_testutil tpcomm m)
+if(TPC_HAVE_MPI)
+  target_link_libraries(tpc_ar_worker PRIVATE tpcomm_mpi MPI::MPI_C)
+  target_compile_definitions(tpc_ar_worker PRIVATE TPC_HAVE_MPI=1)
+endif()
+tpc_add_test(test_allreduce_gpu SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_allreduce_gpu.c TIMEOUT 1800)
+target_compile_definitions(test_allreduce_gpu PRIVATE TPC_HAVE_MPI=${TPC_HAVE_MPI} TPC_MPIRUN="${MPIEXEC_EXECUTABLE}")
+add_dependencies(test_allreduce_gpu tpc_ar_worker tpcomm-run)
