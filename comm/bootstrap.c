@@ -205,7 +205,8 @@ static int hdr_check(const tpc_bootstrap_t* bs, const uint8_t raw[REC_HDR_BYTES]
     return HDR_INCONSISTENT;
   }
   if (h->len != len) {
-    snprintf(why, whylen, "len=%u, expected %u (ranks passed different sizes)", h->len, len);
+    snprintf(why, whylen, "len=%u, expected %u%s", h->len, len,
+             seq ? " (ranks passed different sizes)" : " (not a valid hello or welcome)");
     return HDR_INCONSISTENT;
   }
   return HDR_OK;
@@ -547,17 +548,18 @@ static int hello_step(tpc_bootstrap_t* bs, pending_t* p, int* rank_out, int* pid
     if (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return HELLO_MORE;
     if (k == 0 || (k < 0 && errno == ECONNRESET)) {
       if (p->got < REC_HDR_BYTES) {
-        snprintf(why, whylen, "connection #%d closed the connection after %zu of %zu bytes of its hello", p->id,
-                 p->got, total);
+        snprintf(why, whylen, "connection #%d, which closed after %zu of %zu bytes of its hello", p->id, p->got,
+                 total);
         return HELLO_DROP;
       }
       rec_hdr_t h;
       memcpy(&h, p->buf, sizeof h);
-      snprintf(why, whylen, "rank %u closed the connection after %zu of %zu bytes of its hello", h.rank, p->got, total);
+      snprintf(why, whylen, "rank %u, which closed the connection after %zu of %zu bytes of its hello", h.rank,
+               p->got, total);
       return HELLO_FATAL;
     }
     if (k < 0) {
-      snprintf(why, whylen, "connection #%d: recv failed: %s", p->id, strerror(errno));
+      snprintf(why, whylen, "connection #%d, whose recv failed: %s", p->id, strerror(errno));
       return p->got < REC_HDR_BYTES ? HELLO_DROP : HELLO_FATAL;
     }
     p->got += (size_t)k;
@@ -566,7 +568,8 @@ static int hello_step(tpc_bootstrap_t* bs, pending_t* p, int* rank_out, int* pid
       char what[200];
       int c = hdr_check(bs, p->buf, -1, 0, HELLO_BYTES, &h, what, sizeof what);
       if (c != HDR_OK) {
-        snprintf(why, whylen, "bad hello header on connection #%d (claiming rank %u): %s", p->id, h.rank, what);
+        snprintf(why, whylen, "connection #%d (claiming rank %u), whose hello header is bad: %s", p->id, h.rank,
+                 what);
         return c == HDR_UNAUTHENTICATED ? HELLO_DROP : HELLO_FATAL;
       }
     }
@@ -576,7 +579,7 @@ static int hello_step(tpc_bootstrap_t* bs, pending_t* p, int* rank_out, int* pid
       memcpy(&h, p->buf, sizeof h);
       memcpy(body, p->buf + REC_HDR_BYTES, sizeof body);
       if (body[0] != h.rank) {
-        snprintf(why, whylen, "hello on connection #%d says rank %u in its header but rank %u in its body", p->id,
+        snprintf(why, whylen, "connection #%d, whose hello says rank %u in its header but rank %u in its body", p->id,
                  h.rank, body[0]);
         return HELLO_FATAL;
       }
@@ -683,7 +686,7 @@ static tpc_status_t root_init(tpc_bootstrap_t* bs, const char* path, int64_t dea
       int res = hello_step(bs, &pend[i], &rank, &pid, why, sizeof why);
       if (res == HELLO_MORE) continue;
       if (res == HELLO_FATAL) {
-        st = tpc_error(NULL, TPC_ERR_BOOTSTRAP, "%s: rank 0: %s", fn, why);
+        st = tpc_error(NULL, TPC_ERR_BOOTSTRAP, "%s: rank 0 rejected %s", fn, why);
         goto out;
       }
       if (res == HELLO_DONE && bs->fds[rank] >= 0) {
@@ -720,7 +723,7 @@ static tpc_status_t root_init(tpc_bootstrap_t* bs, const char* path, int64_t dea
           for (int i = 1; i < npend; i++)
             if (pend[i].id < pend[oldest].id) oldest = i;
           nrejected++;
-          snprintf(rejected, sizeof rejected, "connection #%d sent no complete hello before %d newer connections",
+          snprintf(rejected, sizeof rejected, "connection #%d, which sent no complete hello before %d newer ones",
                    pend[oldest].id, MAX_PENDING);
           TPC_WARN("bootstrap: rank 0 dropped %s", rejected);
           close(pend[oldest].fd);
