@@ -242,7 +242,7 @@ tpc_status_t tpc_bootstrap_create_id(tpc_unique_id_t* id) {
   const char* base = getenv("TMPDIR");
   if (!base || !*base) base = "/tmp";
   size_t bl = strlen(base);
-  while (bl > 1 && base[bl - 1] == '/') bl--;
+  while (bl > 0 && base[bl - 1] == '/') bl--; /* "/tmp/" -> "/tmp", "/" -> "" */
   if (base[0] != '/')
     return tpc_error(NULL, TPC_ERR_INVALID_ARGUMENT,
                      "%s: TMPDIR='%s' is not an absolute path (every rank must reach the same socket)", fn, base);
@@ -976,7 +976,7 @@ tpc_status_t tpc_bootstrap_allgather(tpc_bootstrap_t* bs, const void* send, void
     rx_t* x = &bs->rx[r - 1];
     x->fd = bs->fds[r];
     x->peer = r;
-    x->dst = (uint8_t*)recv + (size_t)r * bytes;
+    x->dst = bytes ? (uint8_t*)recv + (size_t)r * bytes : NULL;
     x->len = (uint32_t)bytes;
     bs->tx[r - 1].fd = bs->fds[r];
     bs->tx[r - 1].peer = r;
