@@ -742,8 +742,9 @@ static tpc_status_t root_init(tpc_bootstrap_t* bs, const char* path, int64_t dea
     missing_ranks(bs, miss, sizeof miss);
     if (npend) appendf(extra, sizeof extra, "; %d connection(s) never completed their hello", npend);
     if (nrejected) appendf(extra, sizeof extra, "; rejected %d connection(s), last: %s", nrejected, rejected);
-    st = tpc_error(NULL, TPC_ERR_TIMEOUT, "%s: rank 0 timed out after %lld ms: %s never arrived (%d of %d ranks connected)%s",
-                   fn, (long long)(now_ms() - start), miss, arrived + 1, bs->nranks, extra);
+    st = tpc_error(NULL, TPC_ERR_TIMEOUT,
+                   "%s: rank 0 timed out after %lld ms: %s never arrived (%d of %d ranks connected)%s", fn,
+                   (long long)(now_ms() - start), miss, arrived + 1, bs->nranks, extra);
     goto out;
   }
 
@@ -903,8 +904,9 @@ static tpc_status_t cb_allgather(tpc_bootstrap_t* bs, const void* send, void* re
   if (bytes) memcpy(sbuf + CB_HDR_BYTES, send, bytes);
   int rc = bs->fn(sbuf, rbuf, blk, bs->user);
   if (rc != 0) {
-    st = tpc_error(NULL, TPC_ERR_BOOTSTRAP, "%s: the caller's allgather function returned %d (rank %d, seq %u, %zu bytes per rank)",
-                   fn, rc, bs->rank, seq, blk);
+    st = tpc_error(NULL, TPC_ERR_BOOTSTRAP,
+                   "%s: the caller's allgather function returned %d (rank %d, seq %u, %zu bytes per rank)", fn,
+                   rc, bs->rank, seq, blk);
     goto out;
   }
   for (int i = 0; i < bs->nranks; i++) {
