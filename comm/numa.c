@@ -18,7 +18,6 @@
  *
  * Argument checks come before anything that depends on the machine, so that invalid input gives
  * TPC_ERR_INVALID_ARGUMENT everywhere (also on a machine without GPU or NUMA support). */
-#include <ctype.h>
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
@@ -31,14 +30,15 @@
 #include "tpcomm/tpcomm.h"
 
 /* Normalizes a CUDA bus id ("0000:18:00.0", "00000000:18:00.0", upper or lower case) to the sysfs name
- * "dddd:bb:dd.f" in lower case. Returns 0 on success. */
+ * "dddd:bb:dd.f" (%x prints lower case). Returns 0 on success. */
 static int normalize_bus_id(const char* in, char* out, size_t outlen) {
   unsigned domain, bus, dev, fn;
-  char tail;
-  if (sscanf(in, "%x:%x:%x.%x%c", &domain, &bus, &dev, &fn, &tail) != 4) return -1;
+  int used = 0;
+  if (strspn(in, "0123456789abcdefABCDEF:.") != strlen(in)) return -1; /* no signs, spaces or "0x" */
+  if (sscanf(in, "%x:%x:%x.%x%n", &domain, &bus, &dev, &fn, &used) != 4 || in[used] != 0) return -1;
+  if (bus > 0xff || dev > 0x1f || fn > 7) return -1;
   int n = snprintf(out, outlen, "%04x:%02x:%02x.%x", domain, bus, dev, fn);
   if (n < 0 || (size_t)n >= outlen) return -1;
-  for (char* c = out; *c; c++) *c = (char)tolower((unsigned char)*c);
   return 0;
 }
 
@@ -73,7 +73,7 @@ tpc_status_t tpc_gpu_numa_node(int device, int* node) {
   int count = 0;
   cudaError_t cerr = cudaGetDeviceCount(&count);
   if (cerr != cudaSuccess) {
-    cudaGetLastError(); /* the error is sticky in the runtime's last-error slot otherwise */
+    cudaGetLastError(); /* leave no error behind in the runtime's last-error slot */
     return tpc_error(NULL, TPC_ERR_NO_DEVICE, "tpc_gpu_numa_node: no CUDA GPU is visible (%s)",
                      cudaGetErrorString(cerr));
   }
@@ -85,7 +85,12 @@ tpc_status_t tpc_gpu_numa_node(int device, int* node) {
                      count == 1 ? "" : "s");
 
   char raw[64], bus_id[64];
-  TPC_CUDA_CHECK(cudaDeviceGetPCIBusId(raw, (int)sizeof raw, device));
+  cerr = cudaDeviceGetPCIBusId(raw, (int)sizeof raw, device);
+  if (cerr != cudaSuccess) {
+    cudaGetLastError();
+    return tpc_error(NULL, TPC_ERR_CUDA, "tpc_gpu_numa_node: cudaDeviceGetPCIBusId(device=%d) failed: %s", device,
+                     cudaGetErrorString(cerr));
+  }
   if (normalize_bus_id(raw, bus_id, sizeof bus_id) != 0)
     return tpc_error(NULL, TPC_ERR_CUDA, "tpc_gpu_numa_node: unexpected PCI bus id '%s' for device %d", raw,
                      device);
