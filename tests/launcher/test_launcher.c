@@ -25,8 +25,16 @@
 
 #define RUN_TIMEOUT_S 60
 
-/* Runs tpcomm-run with the given arguments; returns its status, *out gets stdout+stderr. */
-#define LAUNCH(out, ...) tpc_test_run((char*[]){TPC_TEST_LAUNCHER, __VA_ARGS__, NULL}, NULL, (out), RUN_TIMEOUT_S)
+/* Runs tpcomm-run with the given arguments; returns its status, *out gets stdout+stderr. The jobs here
+ * run CPU programs: --allow-shared-gpu and --bind none make them behave the same on a machine with GPUs
+ * (where -n 3 may exceed the GPU count, and binding may print a line); without a GPU both change nothing
+ * but TPCOMM_ALLOW_SHARED_GPU, which the environment test checks without them. */
+#define CPU_JOB "--allow-shared-gpu", "--bind", "none"
+#define LAUNCH(out, ...) \
+  tpc_test_run((char*[]){TPC_TEST_LAUNCHER, CPU_JOB, __VA_ARGS__, NULL}, NULL, (out), RUN_TIMEOUT_S)
+/* The same with the launcher's defaults. */
+#define LAUNCH_PLAIN(out, ...) \
+  tpc_test_run((char*[]){TPC_TEST_LAUNCHER, __VA_ARGS__, NULL}, NULL, (out), RUN_TIMEOUT_S)
 
 static double now_s(void) {
   struct timespec ts;
@@ -135,7 +143,8 @@ static const char k_two_streams[] =
 
 Test(launcher, stdout_lines_are_prefixed_and_stay_on_stdout) {
   char cmd[512], *out = NULL;
-  snprintf(cmd, sizeof cmd, "'%s' -n 2 -- %s 2>/dev/null", TPC_TEST_LAUNCHER, k_two_streams);
+  snprintf(cmd, sizeof cmd, "'%s' --allow-shared-gpu --bind none -n 2 -- %s 2>/dev/null", TPC_TEST_LAUNCHER,
+           k_two_streams);
   int rc = run_shell(cmd, &out);
   cr_assert_eq(rc, 0, "rc=%d, output:\n%s", rc, out);
   for (int r = 0; r < 2; r++) {
@@ -154,7 +163,8 @@ Test(launcher, stdout_lines_are_prefixed_and_stay_on_stdout) {
 
 Test(launcher, stderr_lines_are_prefixed_and_stay_on_stderr) {
   char cmd[512], *out = NULL;
-  snprintf(cmd, sizeof cmd, "'%s' -n 2 -- %s >/dev/null", TPC_TEST_LAUNCHER, k_two_streams);
+  snprintf(cmd, sizeof cmd, "'%s' --allow-shared-gpu --bind none -n 2 -- %s >/dev/null", TPC_TEST_LAUNCHER,
+           k_two_streams);
   int rc = run_shell(cmd, &out);
   cr_assert_eq(rc, 0, "rc=%d, output:\n%s", rc, out);
   for (int r = 0; r < 2; r++) {
@@ -233,17 +243,17 @@ Test(launcher, program_that_cannot_run_exits_127) {
   free(out);
 }
 
-/* Rank 1 reports its pid, creates a mark file and runs rank1_tail (which sleeps); rank 0 waits for the
- * mark, then exits with rank0_status. The launcher must return within max_s with that status, and rank 1's
+/* Rank 1 runs rank1_setup, reports its pid, creates a mark file and sleeps; rank 0 waits for the mark,
+ * then exits with rank0_status. The launcher must return within max_s with that status, and rank 1's
  * process must be gone by then. */
-static void check_teardown(const char* rank1_tail, int rank0_status, double max_s, const char* expect_msg) {
+static void check_teardown(const char* rank1_setup, int rank0_status, double max_s, const char* expect_msg) {
   char dir[] = "/tmp/tpc-test-teardown-XXXXXX";
   cr_assert_not_null(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
   char script[512], *out = NULL;
   snprintf(script, sizeof script,
            "if [ $TPCOMM_RANK = 0 ]; then while [ ! -e %s/up ]; do sleep 0.05; done; exit %d; fi; "
-           "echo pid $$; touch %s/up; %s",
-           dir, rank0_status, dir, rank1_tail);
+           "%s; echo pid $$; touch %s/up; exec sleep 60",
+           dir, rank0_status, rank1_setup, dir);
   double t0 = now_s();
   int rc = LAUNCH(&out, "-n", "2", "--", "sh", "-c", script);
   double elapsed = now_s() - t0;
@@ -267,11 +277,11 @@ static void check_teardown(const char* rank1_tail, int rank0_status, double max_
 }
 
 Test(launcher, failure_of_one_rank_terminates_the_others_quickly, .timeout = 120) {
-  check_teardown("exec sleep 60", 5, 10.0, "terminating the other ranks");
+  check_teardown(":", 5, 10.0, "terminating the other ranks");
 }
 
 Test(launcher, rank_ignoring_sigterm_is_killed_after_the_grace_period, .timeout = 120) {
-  check_teardown("trap '' TERM; exec sleep 60", 4, 10.0, "sending SIGKILL");
+  check_teardown("trap '' TERM", 4, 10.0, "sending SIGKILL");
 }
 
 /* ---- signals to the launcher ----------------------------------------------------------------------- */
@@ -346,7 +356,7 @@ static void check_forwarded(int sig, const char* signame) {
   char script[256];
   snprintf(script, sizeof script,
            "trap 'echo got %s; exit 0' %s; echo ready; while :; do sleep 0.1; done", signame + 3, signame + 3);
-  start_background(&bg, (char*[]){TPC_TEST_LAUNCHER, "-n", "2", "--", "sh", "-c", script, NULL});
+  start_background(&bg, (char*[]){TPC_TEST_LAUNCHER, CPU_JOB, "-n", "2", "--", "sh", "-c", script, NULL});
   int ready = wait_for_lines(&bg, "ready", 2, 30.0);
   if (!ready) wait_background(&bg, 0);
   char* text = read_file(bg.path);
@@ -417,16 +427,16 @@ Test(launcher, several_ranks_per_gpu_need_allow_shared_gpu) {
   if (gpus == 0) cr_skip_test("no CUDA GPU (%s): cannot check the shared-GPU rule", why);
   char n[16], *out = NULL;
   snprintf(n, sizeof n, "%d", gpus + 1);
-  int rc = LAUNCH(&out, "-n", n, "--", "true");
+  int rc = LAUNCH_PLAIN(&out, "-n", n, "--", "true");
   cr_assert_eq(rc, 2, "rc=%d, output:\n%s", rc, out);
   cr_assert(strstr(out, "--allow-shared-gpu"), "output:\n%s", out);
   free(out);
-  rc = LAUNCH(&out, "--gpus", "0,0", "--", "true");
+  rc = LAUNCH_PLAIN(&out, "--gpus", "0,0", "--", "true");
   cr_assert_eq(rc, 2, "rc=%d, output:\n%s", rc, out);
   cr_assert(strstr(out, "--gpus '0,0' gives GPU 0 to ranks 0 and 1"), "output:\n%s", out);
   free(out);
   snprintf(n, sizeof n, "%d", gpus);
-  rc = LAUNCH(&out, "--gpus", n, "--", "true");
+  rc = LAUNCH_PLAIN(&out, "--gpus", n, "--", "true");
   cr_assert_eq(rc, 2, "GPU %d is not visible; rc=%d, output:\n%s", gpus, rc, out);
   free(out);
 }
@@ -435,13 +445,13 @@ Test(launcher, no_gpu_and_no_n_launches_nothing) {
   const char* why = NULL;
   if (tpc_test_gpu_count(&why) > 0) cr_skip_test("a GPU is visible: the no-GPU path cannot be checked");
   char* out = NULL;
-  int rc = LAUNCH(&out, "--", "sh", "-c", "echo should-not-run");
+  int rc = LAUNCH_PLAIN(&out, "--", "sh", "-c", "echo should-not-run");
   cr_assert_eq(rc, 0, "rc=%d, output:\n%s", rc, out);
   cr_assert_eq(count_all_lines(out), 1, "one line expected, got:\n%s", out);
   cr_assert(!strncmp(out, "tpcomm-run: no CUDA GPU is visible (", 36), "output:\n%s", out);
   cr_assert(strstr(out, "); nothing to launch\n"), "output:\n%s", out);
   free(out);
-  rc = LAUNCH(&out, "--gpus", "0", "--", "true");
+  rc = LAUNCH_PLAIN(&out, "--gpus", "0", "--", "true");
   cr_assert_eq(rc, 2, "--gpus without a GPU; rc=%d, output:\n%s", rc, out);
   cr_assert(strstr(out, "--gpus '0': GPU 0 is not visible"), "output:\n%s", out);
   free(out);
