@@ -439,17 +439,11 @@ static void exec_rank(const options_t* o, const rank_t* r, char** env, int out_f
   if (r->rank != 0 || isatty(0)) dup2(null_fd, 0);
   setrlimit(RLIMIT_NOFILE, &g_nofile);
 
-  if (r->numa_node >= 0 && tpc_bind_numa_node(r->numa_node) != TPC_SUCCESS) {
-    char msg[640];
-    int n = snprintf(msg, sizeof msg, "tpcomm-run: rank %d: not bound to NUMA node %d: %s\n", r->rank,
-                     r->numa_node, tpc_get_last_error(NULL));
-    if (n > 0) write_all(2, msg, (size_t)n < sizeof msg ? (size_t)n : sizeof msg - 1);
-  }
+  /* from here on say() writes into the rank's stderr pipe, so its lines carry the rank prefix */
+  if (r->numa_node >= 0 && tpc_bind_numa_node(r->numa_node) != TPC_SUCCESS)
+    say("rank %d: not bound to NUMA node %d: %s", r->rank, r->numa_node, tpc_get_last_error(NULL));
   execvpe(o->prog[0], o->prog, env);
-  char msg[640];
-  int n = snprintf(msg, sizeof msg, "tpcomm-run: rank %d: cannot execute '%s': %s\n", r->rank, o->prog[0],
-                   strerror(errno));
-  if (n > 0) write_all(2, msg, (size_t)n < sizeof msg ? (size_t)n : sizeof msg - 1);
+  say("rank %d: cannot execute '%s': %s", r->rank, o->prog[0], strerror(errno));
   _exit(127);
 }
 
