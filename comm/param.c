@@ -82,7 +82,8 @@ int tpc_param_parse(tpc_param_type_t type, const char* text, int64_t* out) {
       case 'G': shift = 30; end++; break;
       default: break;
     }
-    if (toupper((unsigned char)*end) == 'B' || toupper((unsigned char)*end) == 'I') end++;
+    if (shift && toupper((unsigned char)*end) == 'I') end++; /* KiB, MiB, GiB */
+    if (toupper((unsigned char)*end) == 'B') end++;
     if (v < 0 || (shift && v > (INT64_MAX >> shift))) return -1;
     v <<= shift;
   }

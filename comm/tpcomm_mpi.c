@@ -28,12 +28,6 @@
 #include "debug.h"
 #include "param.h"
 
-/* tpc_comm_init_rank is defined by comm.c, written separately. Until libtpcomm defines it, this weak
- * reference keeps libtpcomm_mpi (and every program linking it) linkable, and tpc_comm_init_mpi reports
- * TPC_ERR_UNSUPPORTED instead. Once comm.c provides it the reference binds normally; the pragma can then
- * be removed. */
-#pragma weak tpc_comm_init_rank
-
 static tpc_status_t mpi_failed(const char* fn, const char* call, int rc) {
   char s[MPI_MAX_ERROR_STRING];
   int len = 0;
@@ -166,8 +160,6 @@ tpc_status_t tpc_comm_init_mpi(tpc_comm_t* comm, MPI_Comm mpi_comm, const tpc_co
   int local = -1, device = -1;
   tpc_status_t lst = tpc_mpi_local_rank(mpi_comm, &local); /* collective on the split path */
   if (st == TPC_SUCCESS) st = lst;
-  if (st == TPC_SUCCESS && !tpc_comm_init_rank)
-    st = tpc_error(NULL, TPC_ERR_UNSUPPORTED, "%s: this libtpcomm has no tpc_comm_init_rank", fn);
   if (st == TPC_SUCCESS) st = select_device(fn, local, &device);
 
   int mine = (int)st, worst = 0;

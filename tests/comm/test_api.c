@@ -69,7 +69,7 @@ Test(api, malformed_timeout_env_rejected) {
 
 Test(api, all_reduce_bad_arguments) {
   struct tpc_comm* c = fake_comm();
-  char buf[64];
+  char buf[64] = {0};
   ASSERT_ERR(tpc_all_reduce(buf, buf, 4, TPC_BFLOAT16, TPC_SUM, NULL, 0), TPC_ERR_INVALID_ARGUMENT, "comm is NULL");
   ASSERT_ERR(tpc_all_reduce(buf, buf, 4, (tpc_dtype_t)9, TPC_SUM, c, 0), TPC_ERR_INVALID_ARGUMENT, "dtype=9");
   ASSERT_ERR(tpc_all_reduce(buf, buf, 4, TPC_FLOAT32, (tpc_redop_t)3, c, 0), TPC_ERR_INVALID_ARGUMENT, "op=3");
@@ -105,7 +105,7 @@ Test(api, queries_validate_outputs) {
 Test(api, misuse_after_destroy) {
   struct tpc_comm* c = fake_comm();
   cr_assert_eq(tpc_comm_destroy(c), TPC_SUCCESS);
-  char buf[16];
+  char buf[16] = {0};
   ASSERT_ERR(tpc_all_reduce(buf, buf, 4, TPC_FLOAT32, TPC_SUM, c, 0), TPC_ERR_INVALID_USAGE, "was destroyed");
   ASSERT_ERR(tpc_comm_destroy(c), TPC_ERR_INVALID_USAGE, "was destroyed");
   int r;
@@ -137,7 +137,7 @@ Test(api, timeout_bookkeeping_names_peer_and_block) {
   const char* msg = tpc_get_last_error(c);
   cr_assert(strstr(msg, "peer 1") && strstr(msg, "1234 ms") && strstr(msg, "two-shot") && strstr(msg, "block 3"), "%s",
             msg);
-  char buf[16];
+  char buf[16] = {0};
   ASSERT_ERR(tpc_all_reduce(buf, buf, 4, TPC_FLOAT32, TPC_SUM, c, 0), TPC_ERR_TIMEOUT, "peer 1");
   c->arena = NULL;
   free(c);
@@ -153,7 +153,7 @@ Test(api, abort_stops_device_waits_and_later_calls) {
   c->arena = &ar;
   cr_assert_eq(tpc_comm_abort(c), TPC_SUCCESS);
   cr_assert_eq(st.abort_flag, 1u, "kernels poll this word and stop waiting");
-  char buf[16];
+  char buf[16] = {0};
   ASSERT_ERR(tpc_all_reduce(buf, buf, 4, TPC_FLOAT32, TPC_SUM, c, 0), TPC_ERR_ABORTED, "aborted");
   tpc_status_t async;
   cr_assert_eq(tpc_comm_get_async_error(c, &async), TPC_SUCCESS);

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# run_device.sh — everything a GPU machine run needs, in one call (device time is short):
+#   bash bench/run_device.sh build test shared bench anchors sass
+# Each step logs to $OUT/<step>.log and prints a short summary; a failing step does not stop the others.
+# Expects .devdeps (../shared/device/fetch-deps.sh) in the tree and `source .devdeps/prelude.sh` first.
+set -uo pipefail
+OUT=${OUT:-/tmp/tpcomm-out}
+mkdir -p "$OUT"
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+ngpu=$(nvidia-smi -L 2>/dev/null | wc -l)
+B=build/bin
+
+step_build() {
+  cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release && ninja -C build
+}
+step_test() {
+  ctest --test-dir build --output-on-failure -E install_package
+}
+step_shared() { # 4 and 8 ranks on the GPUs, under MPS
+  source .devdeps/mps.sh start
+  TPCOMM_TEST_SHARED=1 $B/test_allreduce_gpu --jobs 1 --verbose=1 --filter '*/*sharing*'
+  local rc=$?
+  TPCOMM_TEST_SHARED=1 $B/test_allreduce_gpu --jobs 1 --verbose=1 --filter '*/four_ranks_graph*' || rc=1
+  .devdeps/mps.sh stop
+  return $rc
+}
+step_bench() {
+  local n=${BENCH_RANKS:-$ngpu} args=${BENCH_ARGS:--b 8 -e 256M -f 2}
+  $B/tpcomm-run -n "$n" $B/tpcomm-bench allreduce $args --graph --json "$OUT/allreduce_graph.json" &&
+    $B/tpcomm-run -n "$n" $B/tpcomm-bench allreduce $args --json "$OUT/allreduce_eager.json"
+}
+step_mpibench() {
+  mpirun -np "$ngpu" --oversubscribe --mca btl self,vader -x NCCL_NVLS_ENABLE $B/tpcomm-bench allreduce -b 8 -e 256M -f 2 --graph
+}
+step_anchors() {
+  PYTHONUNBUFFERED=1 python3 .devdeps/anchor_allreduce.py
+}
+step_sass() {
+  cuobjdump -sass build/lib/libtpcomm.so | grep -E "Function|STG.E.128|LDG.E.128|LD.E.128|ST.E.128|LDL|STL" | sort | uniq -c | sort -rn | head -40
+}
+
+rc=0
+for s in "$@"; do
+  t0=$(date +%s)
+  "step_$s" > "$OUT/$s.log" 2>&1
+  r=$?
+  [ $r -eq 0 ] || rc=1
+  echo "=== $s: exit $r in $(( $(date +%s) - t0 )) s"
+  case $s in
+    build) grep -E "error|warning: .*spill" "$OUT/$s.log" | head -20 ;;
+    test) grep -E "tests passed|Failed|\*\*\*|Skipping|skipped" "$OUT/$s.log" | head -40 ;;
+    shared) grep -E "Synthesis|FAIL|failed|Assertion" "$OUT/$s.log" | head -20 ;;
+    *) tail -n 60 "$OUT/$s.log" ;;
+  esac
+done
+exit $rc
