@@ -42,8 +42,14 @@ step_sass() {
 rc=0
 for s in "$@"; do
   t0=$(date +%s)
-  "step_$s" > "$OUT/$s.log" 2>&1
+  limit_var="LIMIT_$s"
+  ( "step_$s" ) > "$OUT/$s.log" 2>&1 &
+  pid=$!
+  ( sleep "${!limit_var:-300}"; echo "=== $s: time limit ${!limit_var:-300} s, killed" >> "$OUT/$s.log"; pkill -KILL -P $pid; kill -KILL $pid ) 2>/dev/null &
+  watchdog=$!
+  wait $pid
   r=$?
+  kill $watchdog 2>/dev/null
   [ $r -eq 0 ] || rc=1
   echo "=== $s: exit $r in $(( $(date +%s) - t0 )) s"
   case $s in
