@@ -39,23 +39,25 @@ step_sass() {
   cuobjdump -sass build/lib/libtpcomm.so | grep -E "Function|STG.E.128|LDG.E.128|LD.E.128|ST.E.128|LDL|STL" | sort | uniq -c | sort -rn | head -40
 }
 
+if [ "${1:-}" = "--step" ]; then # one step, run under timeout(1) by the loop below
+  "step_$2"
+  exit $?
+fi
+
 rc=0
 for s in "$@"; do
   t0=$(date +%s)
   limit_var="LIMIT_$s"
-  ( "step_$s" ) > "$OUT/$s.log" 2>&1 &
-  pid=$!
-  ( sleep "${!limit_var:-300}"; echo "=== $s: time limit ${!limit_var:-300} s, killed" >> "$OUT/$s.log"; pkill -KILL -P $pid; kill -KILL $pid ) 2>/dev/null &
-  watchdog=$!
-  wait $pid
+  # timeout(1) signals its whole process group: launcher, ranks and test binaries included
+  timeout -k 5 "${!limit_var:-300}" bash "$0" --step "$s" > "$OUT/$s.log" 2>&1
   r=$?
-  kill $watchdog 2>/dev/null
+  [ $r -eq 124 ] && echo "=== $s: time limit ${!limit_var:-300} s reached, killed" >> "$OUT/$s.log"
   [ $r -eq 0 ] || rc=1
   echo "=== $s: exit $r in $(( $(date +%s) - t0 )) s"
   case $s in
     build) grep -E "error|warning: .*spill" "$OUT/$s.log" | head -20 ;;
-    test) grep -E "tests passed|Failed|\*\*\*|Skipping|skipped" "$OUT/$s.log" | head -40 ;;
-    shared) grep -E "Synthesis|FAIL|failed|Assertion" "$OUT/$s.log" | head -20 ;;
+    test) grep -E "tests passed|Failed|\*\*\*|time limit" "$OUT/$s.log" | head -40 ;;
+    shared) grep -E "Synthesis|FAIL|failed|Assertion|time limit" "$OUT/$s.log" | head -20 ;;
     *) tail -n 60 "$OUT/$s.log" ;;
   esac
 done
