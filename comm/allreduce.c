@@ -117,8 +117,11 @@ static tpc_status_t check_args(struct tpc_comm* c, const void* sendbuf, void* re
 static tpc_status_t check_placement(struct tpc_comm* c, const void* sendbuf, void* recvbuf, cudaStream_t stream) {
   TPC_CHECK(check_buffer(c, sendbuf, "sendbuf"));
   TPC_CHECK(check_buffer(c, recvbuf, "recvbuf"));
+  enum cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
+  cudaError_t e = cudaStreamIsCapturing(stream, &cs);
+  if (e == cudaSuccess && cs != cudaStreamCaptureStatusNone) return TPC_SUCCESS; /* CUDA refuses the query then */
   int sdev = -1;
-  cudaError_t e = cudaStreamGetDevice(stream, &sdev);
+  if (e == cudaSuccess) e = cudaStreamGetDevice(stream, &sdev);
   if (e != cudaSuccess) {
     cudaGetLastError();
     return tpc_error(c, TPC_ERR_INVALID_ARGUMENT, "tpc_all_reduce: stream=%p is not a valid stream (%s)", (void*)stream,
