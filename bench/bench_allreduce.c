@@ -294,6 +294,7 @@ static bench_rc_t alloc_device_buffers(ar_bench_t* b) {
     BENCH_CHECK_CUDA(cudaMalloc(&b->d_send, b->max_bytes));
     BENCH_CHECK_CUDA(cudaMemset(b->d_send, 0, b->max_bytes));
   }
+  BENCH_CHECK_CUDA(cudaDeviceSynchronize()); /* legacy-stream memsets: done before any stream work */
   return BENCH_OK;
 }
 
@@ -324,6 +325,7 @@ static bench_rc_t alloc_symm_local(ar_bench_t* b) {
     BENCH_CHECK_NCCL(ncclMemAlloc(&b->s_send, b->max_bytes));
     BENCH_CHECK_CUDA(cudaMemset(b->s_send, 0, b->max_bytes));
   }
+  BENCH_CHECK_CUDA(cudaDeviceSynchronize());
   return BENCH_OK;
 }
 

@@ -45,6 +45,23 @@ static int g_rank, g_size, g_pass, g_fail;
     }                                                                                                               \
   } while (0)
 
+/* Copies and fills go on the test stream and are waited for: a plain cudaMemcpy/cudaMemset runs on the
+ * legacy stream, which a non-blocking stream does not wait for (its DMA can still be landing when the
+ * all-reduce reads the buffer). */
+static cudaStream_t g_stream;
+static void h2d(void* dst, const void* src, size_t n) {
+  CK(cudaMemcpyAsync(dst, src, n, cudaMemcpyHostToDevice, g_stream));
+  CK(cudaStreamSynchronize(g_stream));
+}
+static void d2h(void* dst, const void* src, size_t n) {
+  CK(cudaMemcpyAsync(dst, src, n, cudaMemcpyDeviceToHost, g_stream));
+  CK(cudaStreamSynchronize(g_stream));
+}
+static void poison(void* dst, size_t n) {
+  CK(cudaMemsetAsync(dst, 0x7f, n, g_stream));
+  CK(cudaStreamSynchronize(g_stream));
+}
+
 static size_t esize(tpc_dtype_t d) { return d == TPC_FLOAT32 ? 4 : 2; }
 static const char* dname(tpc_dtype_t d) { return d == TPC_BFLOAT16 ? "bf16" : d == TPC_FLOAT16 ? "fp16" : "fp32"; }
 
@@ -124,8 +141,8 @@ static void run_case(ctx_t* c, tpc_dtype_t d, tpc_algo_t algo, size_t count, int
   char* send = c->dsend + offset;
   char* recv = inplace ? send : c->drecv + offset;
   make_input(d, c->hin, count, seed, g_rank, c->scratch);
-  CK(cudaMemset(c->drecv, 0x7f, bytes + 64)); /* poison */
-  CK(cudaMemcpy(send, c->hin, bytes, cudaMemcpyHostToDevice));
+  poison(c->drecv, bytes + 64);
+  h2d(send, c->hin, bytes);
   if (graph) {
     cudaGraph_t g;
     cudaGraphExec_t ge;
@@ -150,7 +167,7 @@ static void run_case(ctx_t* c, tpc_dtype_t d, tpc_algo_t algo, size_t count, int
     }
     CK(cudaStreamSynchronize(c->stream));
   }
-  CK(cudaMemcpy(c->hout, recv, bytes, cudaMemcpyDeviceToHost));
+  d2h(c->hout, recv, bytes);
   reference(c, d, count, seed);
   size_t first = 0;
   const int exact = algo != TPC_ALGO_NCCL;
@@ -160,7 +177,7 @@ static void run_case(ctx_t* c, tpc_dtype_t d, tpc_algo_t algo, size_t count, int
          first, wrong ? to_f(d, c->hout, first) : 0.0, wrong ? to_f(d, c->href, first) : 0.0);
   if (!inplace) { /* nothing past the end was written */
     unsigned char tail[16];
-    CK(cudaMemcpy(tail, recv + bytes, sizeof tail, cudaMemcpyDeviceToHost));
+    d2h(tail, recv + bytes, sizeof tail);
     int clean = 1;
     for (int i = 0; i < 16; i++) clean &= tail[i] == 0x7f;
     report(clean, "%s %s count=%zu wrote past the end of recvbuf", dname(d), tpc_algo_name(algo), count);
@@ -222,8 +239,8 @@ static void mode_replay(ctx_t* c, int replays) {
   for (int i = 0; i < 4; i++) {
     make_input(d, (char*)hin + off[i], counts[i], 1000 + i, g_rank, c->scratch);
   }
-  CK(cudaMemcpy(c->dsend, hin, total, cudaMemcpyHostToDevice));
-  CK(cudaMemset(c->drecv, 0x7f, total));
+  h2d(c->dsend, hin, total);
+  poison(c->drecv, total);
   cudaGraph_t g;
   cudaGraphExec_t ge;
   CK(cudaStreamBeginCapture(c->stream, cudaStreamCaptureModeThreadLocal));
@@ -238,7 +255,7 @@ static void mode_replay(ctx_t* c, int replays) {
   TK(c->comm, tpc_comm_get_async_error(c->comm, &async));
   report(async == TPC_SUCCESS, "replay: async error %s", tpc_get_last_error(c->comm));
   for (int i = 0; i < 4; i++) {
-    CK(cudaMemcpy(c->hout, c->drecv + off[i], counts[i] * 2, cudaMemcpyDeviceToHost));
+    d2h(c->hout, c->drecv + off[i], counts[i] * 2);
     reference(c, d, counts[i], 1000 + i);
     size_t first = 0, wrong = count_wrong(c, d, counts[i], 1, &first);
     report(wrong == 0, "replay x%d call %d (count=%zu, %s): %zu wrong, first at %zu", replays, i, counts[i],
@@ -257,9 +274,9 @@ static void mode_streams(ctx_t* c) {
   const size_t counts[2] = {777, 123457};
   void* hin = malloc(counts[1] * 2);
   make_input(d, hin, counts[0], 77, g_rank, c->scratch);
-  CK(cudaMemcpy(c->dsend, hin, counts[0] * 2, cudaMemcpyHostToDevice));
+  h2d(c->dsend, hin, counts[0] * 2);
   make_input(d, hin, counts[1], 78, g_rank, c->scratch);
-  CK(cudaMemcpy(c->dsend + (1 << 20), hin, counts[1] * 2, cudaMemcpyHostToDevice));
+  h2d(c->dsend + (1 << 20), hin, counts[1] * 2);
   for (int it = 0; it < 200; it++) {
     const int k = it & 1;
     TK(c->comm, tpc_all_reduce(c->dsend + k * (1 << 20), c->drecv + k * (1 << 20), counts[k], d, TPC_SUM, c->comm,
@@ -267,7 +284,7 @@ static void mode_streams(ctx_t* c) {
   }
   CK(cudaDeviceSynchronize());
   for (int k = 0; k < 2; k++) {
-    CK(cudaMemcpy(c->hout, c->drecv + k * (1 << 20), counts[k] * 2, cudaMemcpyDeviceToHost));
+    d2h(c->hout, c->drecv + k * (1 << 20), counts[k] * 2);
     reference(c, d, counts[k], 77 + k);
     size_t first = 0, wrong = count_wrong(c, d, counts[k], 0, &first);
     report(wrong == 0, "two streams, count=%zu: %zu wrong", counts[k], wrong);
@@ -335,6 +352,7 @@ int main(int argc, char** argv) {
   if (g_rank == 0) printf("# %d ranks, transport: %s\n", g_size, reason);
   c.max_count = (64u << 20) / 2 + 64;
   CK(cudaStreamCreateWithFlags(&c.stream, cudaStreamNonBlocking));
+  g_stream = c.stream;
   CK(cudaMalloc((void**)&c.dsend, (64u << 20) + 256));
   CK(cudaMalloc((void**)&c.drecv, (64u << 20) + 256));
   c.hin = malloc((64u << 20) + 256);
