@@ -185,25 +185,35 @@ struct Acc {
 
 /* ---- bounded waiting ----------------------------------------------------------------------------- */
 struct Waiter {
+  static constexpr uint32_t kSpinsPerCheck = 1024;    /* polls between clock reads */
+  static constexpr uint64_t kAbortPollNs = 100000;    /* host abort word: read at most every 100 us */
   tpc_ar_local_t* local;
   tpc_ar_status_t* status;
   uint64_t timeout_ns;
-  uint64_t start = 0;
+  uint64_t start = 0, last_abort_check = 0;
   uint32_t spins = 0;
   __device__ Waiter(const tpc_ar_args_t& a) : local(a.local), status(a.status), timeout_ns(a.timeout_ns) {}
-  /* true when the caller must stop waiting (timeout here, failure elsewhere, or abort) */
+  /* true when the caller must stop waiting (timeout here, failure elsewhere, or abort). The common case
+   * (the peer's data arrives within a few polls) costs one increment and compare per poll: the clock,
+   * the failure flag and, rarely, the host abort word (a PCIe read) are looked at only every 1024 polls. */
   __device__ __forceinline__ bool give_up(int peer, uint32_t algo) {
-    if ((++spins & 255u) != 1u) return false;
-    if (*(volatile uint32_t*)&local->failed) return true;
-    if (status->abort_flag) {
-      report(TPC_AR_ERR_ABORTED, peer, algo);
-      return true;
-    }
+    if ((++spins % kSpinsPerCheck) != 0u) return false;
     const uint64_t now = global_timer_ns();
-    if (start == 0) start = now;
+    if (start == 0) {
+      start = last_abort_check = now;
+      return false;
+    }
+    if (*(volatile uint32_t*)&local->failed) return true;
     if (now - start > timeout_ns) {
       report(TPC_AR_ERR_TIMEOUT, peer, algo);
       return true;
+    }
+    if (now - last_abort_check >= kAbortPollNs) {
+      last_abort_check = now;
+      if (status->abort_flag) {
+        report(TPC_AR_ERR_ABORTED, peer, algo);
+        return true;
+      }
     }
     return false;
   }
@@ -295,12 +305,15 @@ __device__ bool peer_barrier(const tpc_ar_args_t& a, uint32_t base, uint32_t k, 
         break;
       }
     }
+    __threadfence_system();
   }
   __syncthreads();
   return !*s_fail;
 }
 
-__device__ __forceinline__ uint4 ld_peer_v4(const void* p) { return __ldcg(reinterpret_cast<const uint4*>(p)); }
+/* Peer data after a barrier: a strong (volatile = relaxed, system scope) load, so no cache level of this
+ * GPU can hand back a line a previous call left there. */
+__device__ __forceinline__ uint4 ld_peer_v4(const void* p) { return ld_volatile_v4(p); }
 
 template <typename T>
 __global__ void __launch_bounds__(512) twoshot_pull_kernel(tpc_ar_args_t a, const T* in, T* out, size_t count,
