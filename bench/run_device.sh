@@ -29,6 +29,15 @@ step_bench() {
   $B/tpcomm-run -n "$n" $B/tpcomm-bench allreduce $args --graph --json "$OUT/allreduce_graph.json" &&
     $B/tpcomm-run -n "$n" $B/tpcomm-bench allreduce $args --json "$OUT/allreduce_eager.json"
 }
+step_variants() { # tuning: grid size and PDL, graph mode, custom algorithms only
+  local n=${BENCH_RANKS:-$ngpu}
+  for nb in ${VARIANT_BLOCKS:-16 32 66}; do
+    echo "### TPCOMM_NUM_BLOCKS=$nb"
+    TPCOMM_NUM_BLOCKS=$nb $B/tpcomm-run -n "$n" $B/tpcomm-bench allreduce -b 1K -e 64M -f 4 -n 50 --graph -c 0 --impl oneshot,twoshot | grep -E "^\[0\] +[0-9]"
+  done
+  echo "### TPCOMM_PDL=0"
+  TPCOMM_PDL=0 $B/tpcomm-run -n "$n" $B/tpcomm-bench allreduce -b 1K -e 64K -f 4 -n 50 --graph -c 0 --impl oneshot | grep -E "^\[0\] +[0-9]"
+}
 step_mpibench() {
   mpirun -np "$ngpu" --oversubscribe --mca btl self,vader -x NCCL_NVLS_ENABLE $B/tpcomm-bench allreduce -b 8 -e 256M -f 2 --graph
 }

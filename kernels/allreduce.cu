@@ -230,62 +230,80 @@ struct Waiter {
 };
 
 /* ---- one-shot push ------------------------------------------------------------------------------- */
+constexpr int kKeep = 4; /* input vectors a thread keeps in registers between push and reduce */
+
+/* Sends vector v (already sanitized) to slot [epoch][my rank] of every peer. */
+__device__ __forceinline__ void push_vec(const tpc_ar_args_t& a, size_t slot, size_t v, uint4 x) {
+#pragma unroll
+  for (int p = 0; p < TPC_AR_MAX_RANKS; p++)
+    if (p < a.nranks && p != a.rank)
+      st_volatile_v4((char*)a.push[p] + slot + (size_t)a.rank * a.push_slot_bytes + v * 16, x);
+}
+
+/* Waits for every peer's vector v in my slots, re-arms them, reduces in rank order with my own vector
+ * `own`, writes the output. False when the wait was given up. */
+template <typename T>
+__device__ __forceinline__ bool reduce_vec(const tpc_ar_args_t& a, char* mine, size_t v, uint4 own, T* out,
+                                           size_t count, bool aligned, Waiter& w) {
+  const int rank = a.rank, n = a.nranks;
+  uint4 x[TPC_AR_MAX_RANKS];
+#pragma unroll
+  for (int p = 0; p < TPC_AR_MAX_RANKS; p++)
+    if (p < n && p != rank) x[p] = ld_volatile_v4(mine + (size_t)p * a.push_slot_bytes + v * 16);
+  Acc<T> acc;
+#pragma unroll
+  for (int p = 0; p < TPC_AR_MAX_RANKS; p++) {
+    if (p >= n) break;
+    uint4 y = own;
+    if (p != rank) {
+      char* src = mine + (size_t)p * a.push_slot_bytes + v * 16;
+      while (has_empty<T>(x[p])) {
+        if (w.give_up(p, 1)) return false;
+        x[p] = ld_volatile_v4(src);
+      }
+      y = x[p];
+      *reinterpret_cast<uint4*>(src) = make_uint4(kEmpty, kEmpty, kEmpty, kEmpty); /* re-arm */
+    }
+    if (p == 0) acc.set(y);
+    else acc.add(y);
+  }
+  store_out(out, v, count, aligned, acc.pack());
+  return true;
+}
+
 template <typename T>
 __global__ void __launch_bounds__(512) oneshot_push_kernel(tpc_ar_args_t a, const T* in, T* out, size_t count,
                                                            bool aligned) {
   constexpr int E = Elem<T>::kPerVec;
-  __shared__ uint32_t s_epoch;
   pdl_wait();
-  if (threadIdx.x == 0) s_epoch = a.local->epoch[blockIdx.x];
-  __syncthreads();
   pdl_trigger();
-  const uint32_t epoch = s_epoch;
   const size_t nvec = (count + E - 1) / E;
   const size_t stride = (size_t)gridDim.x * blockDim.x;
   const size_t first = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-  const size_t slot = (size_t)(epoch & 1u) * a.nranks * a.push_slot_bytes;
-  const int rank = a.rank, n = a.nranks;
-
-  for (size_t v = first; v < nvec; v += stride) {
-    const uint4 x = sanitize<T>(load_in(in, v, count, aligned));
+  /* the epoch and the first inputs are independent loads: issue them together */
+  const uint32_t epoch = a.local->epoch[blockIdx.x];
+  uint4 keep[kKeep];
 #pragma unroll
-    for (int p = 0; p < TPC_AR_MAX_RANKS; p++)
-      if (p < n && p != rank) st_volatile_v4((char*)a.push[p] + slot + (size_t)rank * a.push_slot_bytes + v * 16, x);
-  }
+  for (int u = 0; u < kKeep; u++)
+    if (first + u * stride < nvec) keep[u] = sanitize<T>(load_in(in, first + u * stride, count, aligned));
+  const size_t slot = (size_t)(epoch & 1u) * a.nranks * a.push_slot_bytes;
 
-  char* const mine = (char*)a.push[rank] + slot;
+#pragma unroll
+  for (int u = 0; u < kKeep; u++)
+    if (first + u * stride < nvec) push_vec(a, slot, first + u * stride, keep[u]);
+  for (size_t v = first + kKeep * stride; v < nvec; v += stride)
+    push_vec(a, slot, v, sanitize<T>(load_in(in, v, count, aligned)));
+
+  char* const mine = (char*)a.push[a.rank] + slot;
   Waiter w(a);
   bool ok = true;
-  for (size_t v = first; v < nvec && ok; v += stride) {
-    uint4 x[TPC_AR_MAX_RANKS];
 #pragma unroll
-    for (int p = 0; p < TPC_AR_MAX_RANKS; p++)
-      if (p < n && p != rank) x[p] = ld_volatile_v4(mine + (size_t)p * a.push_slot_bytes + v * 16);
-    Acc<T> acc;
-#pragma unroll
-    for (int p = 0; p < TPC_AR_MAX_RANKS; p++) {
-      if (p >= n) break;
-      uint4 y;
-      if (p == rank) {
-        y = sanitize<T>(load_in(in, v, count, aligned));
-      } else {
-        char* src = mine + (size_t)p * a.push_slot_bytes + v * 16;
-        while (has_empty<T>(x[p])) {
-          if (w.give_up(p, 1)) {
-            ok = false;
-            break;
-          }
-          x[p] = ld_volatile_v4(src);
-        }
-        if (!ok) break;
-        y = x[p];
-        st_volatile_v4(src, make_uint4(kEmpty, kEmpty, kEmpty, kEmpty)); /* re-arm */
-      }
-      if (p == 0) acc.set(y);
-      else acc.add(y);
-    }
-    if (ok) store_out(out, v, count, aligned, acc.pack());
-  }
+  for (int u = 0; u < kKeep; u++)
+    if (ok && first + u * stride < nvec) ok = reduce_vec<T>(a, mine, first + u * stride, keep[u], out, count, aligned, w);
+  for (size_t v = first + kKeep * stride; ok && v < nvec; v += stride) /* in place: in[v] is still the input */
+    ok = reduce_vec<T>(a, mine, v, sanitize<T>(load_in(in, v, count, aligned)), out, count, aligned, w);
+
+  __syncthreads(); /* every thread has read the epoch */
   if (threadIdx.x == 0) a.local->epoch[blockIdx.x] = epoch + 1;
 }
 
@@ -315,20 +333,17 @@ __device__ bool peer_barrier(const tpc_ar_args_t& a, uint32_t base, uint32_t k, 
  * GPU can hand back a line a previous call left there. */
 __device__ __forceinline__ uint4 ld_peer_v4(const void* p) { return ld_volatile_v4(p); }
 
+constexpr int kUnroll = 4; /* independent 16-byte loads in flight per thread in the two-shot phases */
+
 template <typename T>
 __global__ void __launch_bounds__(512) twoshot_pull_kernel(tpc_ar_args_t a, const T* in, T* out, size_t count,
                                                            bool aligned) {
   constexpr int E = Elem<T>::kPerVec;
-  __shared__ uint32_t s_base;
   __shared__ bool s_fail;
   pdl_wait();
-  if (threadIdx.x == 0) {
-    s_base = a.local->sem_base[blockIdx.x];
-    s_fail = false;
-  }
-  __syncthreads();
   pdl_trigger();
-  const uint32_t base = s_base;
+  if (threadIdx.x == 0) s_fail = false;
+  const uint32_t base = a.local->sem_base[blockIdx.x]; /* written back by thread 0 after both barriers */
   const int rank = a.rank, n = a.nranks;
   const size_t nvec = (count + E - 1) / E;
   const size_t chunk = (nvec + n - 1) / n;
@@ -343,31 +358,48 @@ __global__ void __launch_bounds__(512) twoshot_pull_kernel(tpc_ar_args_t a, cons
   /* phase 1: the chunks the peers own, into my pull buffer */
   for (int j = 0; j < n; j++) {
     if (j == rank) continue;
-    const size_t len = chunk_len(j);
-    for (size_t i = first; i < len; i += stride) {
-      const size_t v = (size_t)j * chunk + i;
-      *reinterpret_cast<uint4*>(mypull + v * 16) = load_in(in, v, count, aligned);
+    const size_t len = chunk_len(j), off = (size_t)j * chunk;
+    for (size_t i0 = first; i0 < len; i0 += kUnroll * stride) {
+      uint4 x[kUnroll];
+#pragma unroll
+      for (int u = 0; u < kUnroll; u++)
+        if (i0 + u * stride < len) x[u] = load_in(in, off + i0 + u * stride, count, aligned);
+#pragma unroll
+      for (int u = 0; u < kUnroll; u++)
+        if (i0 + u * stride < len) *reinterpret_cast<uint4*>(mypull + (off + i0 + u * stride) * 16) = x[u];
     }
   }
   if (!peer_barrier(a, base, 1, &s_fail)) return;
 
   /* phase 2: reduce my chunk in rank order */
   {
-    const size_t len = chunk_len(rank);
-    for (size_t i = first; i < len; i += stride) {
-      const size_t v = (size_t)rank * chunk + i;
-      uint4 x[TPC_AR_MAX_RANKS];
+    const size_t len = chunk_len(rank), off = (size_t)rank * chunk;
+    for (size_t i0 = first; i0 < len; i0 += kUnroll * stride) {
+      Acc<T> acc[kUnroll];
+      for (int p = 0; p < n; p++) {
+        uint4 x[kUnroll];
 #pragma unroll
-      for (int p = 0; p < TPC_AR_MAX_RANKS; p++)
-        if (p < n) x[p] = (p == rank) ? load_in(in, v, count, aligned) : ld_peer_v4((const char*)a.pull[p] + v * 16);
-      Acc<T> acc;
-      acc.set(x[0]);
+        for (int u = 0; u < kUnroll; u++) {
+          const size_t v = off + i0 + u * stride;
+          if (i0 + u * stride < len)
+            x[u] = (p == rank) ? load_in(in, v, count, aligned) : ld_peer_v4((const char*)a.pull[p] + v * 16);
+        }
 #pragma unroll
-      for (int p = 1; p < TPC_AR_MAX_RANKS; p++)
-        if (p < n) acc.add(x[p]);
-      const uint4 r = acc.pack();
-      store_out(out, v, count, aligned, r);
-      *reinterpret_cast<uint4*>(mypull + v * 16) = r;
+        for (int u = 0; u < kUnroll; u++)
+          if (i0 + u * stride < len) {
+            if (p == 0) acc[u].set(x[u]);
+            else acc[u].add(x[u]);
+          }
+      }
+#pragma unroll
+      for (int u = 0; u < kUnroll; u++) {
+        const size_t v = off + i0 + u * stride;
+        if (i0 + u * stride < len) {
+          const uint4 r = acc[u].pack();
+          store_out(out, v, count, aligned, r);
+          *reinterpret_cast<uint4*>(mypull + v * 16) = r;
+        }
+      }
     }
   }
   if (!peer_barrier(a, base, 2, &s_fail)) return;
@@ -375,10 +407,16 @@ __global__ void __launch_bounds__(512) twoshot_pull_kernel(tpc_ar_args_t a, cons
   /* phase 3: everyone else's reduced chunk */
   for (int j = 0; j < n; j++) {
     if (j == rank) continue;
-    const size_t len = chunk_len(j);
-    for (size_t i = first; i < len; i += stride) {
-      const size_t v = (size_t)j * chunk + i;
-      store_out(out, v, count, aligned, ld_peer_v4((const char*)a.pull[j] + v * 16));
+    const size_t len = chunk_len(j), off = (size_t)j * chunk;
+    const char* src = (const char*)a.pull[j];
+    for (size_t i0 = first; i0 < len; i0 += kUnroll * stride) {
+      uint4 x[kUnroll];
+#pragma unroll
+      for (int u = 0; u < kUnroll; u++)
+        if (i0 + u * stride < len) x[u] = ld_peer_v4(src + (off + i0 + u * stride) * 16);
+#pragma unroll
+      for (int u = 0; u < kUnroll; u++)
+        if (i0 + u * stride < len) store_out(out, off + i0 + u * stride, count, aligned, x[u]);
     }
   }
   if (threadIdx.x == 0) a.local->sem_base[blockIdx.x] = base + 2;
