@@ -11,6 +11,8 @@
 
 int bench_allreduce(int argc, char** argv);
 void bench_allreduce_usage(FILE* f);
+int bench_tp_qknorm(int argc, char** argv);
+void bench_tp_qknorm_usage(FILE* f);
 
 typedef struct {
   const char* name;
@@ -23,6 +25,8 @@ static const bench_command_t k_commands[] = {
     {"allreduce", "all-reduce latency and bandwidth: tpcomm (auto, one-shot, two-shot, nccl) vs NCCL, like "
                   "all_reduce_perf",
      bench_allreduce, bench_allreduce_usage},
+    {"tp_qknorm", "tensor-parallel QK-RMSNorm: fused vs partial sums + all-reduce (NCCL or ours) + apply",
+     bench_tp_qknorm, bench_tp_qknorm_usage},
 };
 enum { NUM_COMMANDS = sizeof k_commands / sizeof k_commands[0] };
 

@@ -21,6 +21,7 @@ step_shared() { # 4 and 8 ranks on the GPUs, under MPS
   TPCOMM_TEST_SHARED=1 $B/test_allreduce_gpu --jobs 1 --verbose=1 --filter '*/*sharing*'
   local rc=$?
   TPCOMM_TEST_SHARED=1 $B/test_allreduce_gpu --jobs 1 --verbose=1 --filter '*/four_ranks_graph*' || rc=1
+  TPCOMM_TEST_SHARED=1 $B/test_qknorm_gpu --jobs 1 --verbose=1 --filter '*/*sharing*' || rc=1
   .devdeps/mps.sh stop
   return $rc
 }
@@ -37,6 +38,11 @@ step_variants() { # tuning: grid size and PDL, graph mode, custom algorithms onl
   done
   echo "### TPCOMM_PDL=0"
   TPCOMM_PDL=0 $B/tpcomm-run -n "$n" $B/tpcomm-bench allreduce -b 1K -e 64K -f 4 -n 50 --graph -c 0 --impl oneshot | grep -E "^\[0\] +[0-9]"
+}
+step_qkbench() {
+  local n=${BENCH_RANKS:-$ngpu}
+  $B/tpcomm-run -n "$n" $B/tpcomm-bench tp_qknorm --graph --json "$OUT/tp_qknorm_graph.json" &&
+    $B/tpcomm-run -n "$n" $B/tpcomm-bench tp_qknorm --json "$OUT/tp_qknorm_eager.json"
 }
 step_mpibench() {
   mpirun -np "$ngpu" --oversubscribe --mca btl self,vader -x NCCL_NVLS_ENABLE $B/tpcomm-bench allreduce -b 8 -e 256M -f 2 --graph

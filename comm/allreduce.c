@@ -71,20 +71,37 @@ tpc_status_t tpc_comm_allreduce_algo(tpc_comm_t comm, size_t count, tpc_dtype_t 
 
 /* ---- validation --------------------------------------------------------------------------------- */
 
-static tpc_status_t check_buffer(struct tpc_comm* c, const void* p, const char* name) {
+tpc_status_t tpc_check_device_buffer(struct tpc_comm* c, const void* p, const char* fn, const char* name) {
   struct cudaPointerAttributes attr;
   cudaError_t e = cudaPointerGetAttributes(&attr, p);
   if (e != cudaSuccess) {
     cudaGetLastError();
-    return tpc_error(c, TPC_ERR_INVALID_ARGUMENT, "tpc_all_reduce: %s=%p is not a CUDA pointer (%s)", name, p,
+    return tpc_error(c, TPC_ERR_INVALID_ARGUMENT, "%s: %s=%p is not a CUDA pointer (%s)", fn, name, p,
                      cudaGetErrorString(e));
   }
   if (attr.type != cudaMemoryTypeDevice && attr.type != cudaMemoryTypeManaged)
-    return tpc_error(c, TPC_ERR_INVALID_ARGUMENT, "tpc_all_reduce: %s=%p is %s memory, not device memory", name, p,
+    return tpc_error(c, TPC_ERR_INVALID_ARGUMENT, "%s: %s=%p is %s memory, not device memory", fn, name, p,
                      attr.type == cudaMemoryTypeHost ? "pinned host" : "unregistered host");
   if (attr.device != c->device)
-    return tpc_error(c, TPC_ERR_INVALID_ARGUMENT, "tpc_all_reduce: %s=%p is on device %d but the communicator is on %d",
-                     name, p, attr.device, c->device);
+    return tpc_error(c, TPC_ERR_INVALID_ARGUMENT, "%s: %s=%p is on device %d but the communicator is on %d", fn, name,
+                     p, attr.device, c->device);
+  return TPC_SUCCESS;
+}
+
+tpc_status_t tpc_check_stream(struct tpc_comm* c, cudaStream_t stream, const char* fn) {
+  enum cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
+  cudaError_t e = cudaStreamIsCapturing(stream, &cs);
+  if (e == cudaSuccess && cs != cudaStreamCaptureStatusNone) return TPC_SUCCESS; /* CUDA refuses the query then */
+  int sdev = -1;
+  if (e == cudaSuccess) e = cudaStreamGetDevice(stream, &sdev);
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    return tpc_error(c, TPC_ERR_INVALID_ARGUMENT, "%s: stream=%p is not a valid stream (%s)", fn, (void*)stream,
+                     cudaGetErrorString(e));
+  }
+  if (sdev != c->device)
+    return tpc_error(c, TPC_ERR_INVALID_ARGUMENT, "%s: stream=%p belongs to device %d but the communicator is on device %d",
+                     fn, (void*)stream, sdev, c->device);
   return TPC_SUCCESS;
 }
 
@@ -115,32 +132,18 @@ static tpc_status_t check_args(struct tpc_comm* c, const void* sendbuf, void* re
 
 /* Checks that ask CUDA: the buffers are device memory of the communicator's GPU, and so is the stream. */
 static tpc_status_t check_placement(struct tpc_comm* c, const void* sendbuf, void* recvbuf, cudaStream_t stream) {
-  TPC_CHECK(check_buffer(c, sendbuf, "sendbuf"));
-  TPC_CHECK(check_buffer(c, recvbuf, "recvbuf"));
-  enum cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
-  cudaError_t e = cudaStreamIsCapturing(stream, &cs);
-  if (e == cudaSuccess && cs != cudaStreamCaptureStatusNone) return TPC_SUCCESS; /* CUDA refuses the query then */
-  int sdev = -1;
-  if (e == cudaSuccess) e = cudaStreamGetDevice(stream, &sdev);
-  if (e != cudaSuccess) {
-    cudaGetLastError();
-    return tpc_error(c, TPC_ERR_INVALID_ARGUMENT, "tpc_all_reduce: stream=%p is not a valid stream (%s)", (void*)stream,
-                     cudaGetErrorString(e));
-  }
-  if (sdev != c->device)
-    return tpc_error(c, TPC_ERR_INVALID_ARGUMENT,
-                     "tpc_all_reduce: stream=%p belongs to device %d but the communicator is on device %d",
-                     (void*)stream, sdev, c->device);
-  return TPC_SUCCESS;
+  TPC_CHECK(tpc_check_device_buffer(c, sendbuf, "tpc_all_reduce", "sendbuf"));
+  TPC_CHECK(tpc_check_device_buffer(c, recvbuf, "tpc_all_reduce", "recvbuf"));
+  return tpc_check_stream(c, stream, "tpc_all_reduce");
 }
 
 /* ---- ordering across streams -------------------------------------------------------------------- */
 
-static tpc_status_t order_before(struct tpc_comm* c, cudaStream_t stream, int* capturing, unsigned long long* capture_id) {
+tpc_status_t tpc_order_before(struct tpc_comm* c, cudaStream_t stream, int* capturing, unsigned long long* capture_id) {
   enum cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
   TPC_CUDA_CHECK_COMM(c, cudaStreamGetCaptureInfo(stream, &cs, capture_id, NULL, NULL, NULL, NULL));
   if (cs == cudaStreamCaptureStatusInvalidated)
-    return tpc_error(c, TPC_ERR_INVALID_USAGE, "tpc_all_reduce: stream=%p has an invalidated capture", (void*)stream);
+    return tpc_error(c, TPC_ERR_INVALID_USAGE, "stream=%p has an invalidated capture", (void*)stream);
   *capturing = cs == cudaStreamCaptureStatusActive;
   if (!*capturing) *capture_id = 0;
   /* wait for the previous call only where CUDA allows it: both eager, or both in the same capture */
@@ -149,7 +152,7 @@ static tpc_status_t order_before(struct tpc_comm* c, cudaStream_t stream, int* c
   return TPC_SUCCESS;
 }
 
-static tpc_status_t order_after(struct tpc_comm* c, cudaStream_t stream, unsigned long long capture_id) {
+tpc_status_t tpc_order_after(struct tpc_comm* c, cudaStream_t stream, unsigned long long capture_id) {
   TPC_CUDA_CHECK_COMM(c, cudaEventRecord((cudaEvent_t)c->order_event, stream));
   c->have_last = 1;
   c->last_stream = (void*)stream;
@@ -163,7 +166,7 @@ static tpc_status_t run(struct tpc_comm* c, const void* sendbuf, void* recvbuf, 
                         tpc_algo_t algo, cudaStream_t stream) {
   int capturing = 0;
   unsigned long long capture_id = 0;
-  TPC_CHECK(order_before(c, stream, &capturing, &capture_id));
+  TPC_CHECK(tpc_order_before(c, stream, &capturing, &capture_id));
   const char* why = NULL;
   const tpc_algo_t a = tpc_allreduce_choose(c, count, dtype, capturing, algo, &why);
   switch (a) {
@@ -189,7 +192,7 @@ static tpc_status_t run(struct tpc_comm* c, const void* sendbuf, void* recvbuf, 
   }
   TPC_TRACE(TPC_SUB_COLL, "all_reduce count=%zu dtype=%d algo=%s stream=%p%s", count, (int)dtype, tpc_algo_name(a),
             (void*)stream, capturing ? " (capture)" : "");
-  return order_after(c, stream, capture_id);
+  return tpc_order_after(c, stream, capture_id);
 }
 
 tpc_status_t tpc_all_reduce_algo(const void* sendbuf, void* recvbuf, size_t count, tpc_dtype_t dtype, tpc_redop_t op,

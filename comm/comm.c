@@ -97,6 +97,11 @@ static tpc_status_t resolve_params(struct tpc_comm* c, const tpc_config_t* cfg) 
   if (v > TPC_AR_MAX_BLOCKS)
     return tpc_error(NULL, TPC_ERR_INVALID_ARGUMENT, "TPCOMM_NUM_BLOCKS=%lld exceeds %d", (long long)v, TPC_AR_MAX_BLOCKS);
   c->num_blocks = (int)v;
+  TPC_CHECK(tpc_param_resolve(TPC_P_QKNORM_MAX_TOKENS, TPC_CONFIG_UNDEF, &c->qknorm_max_tokens));
+  TPC_CHECK(tpc_param_resolve(TPC_P_QKNORM_FUSED_MAX_TOKENS, TPC_CONFIG_UNDEF, &c->qknorm_fused_max_tokens));
+  if (c->qknorm_max_tokens < 1 || c->qknorm_max_tokens > (1 << 24))
+    return tpc_error(NULL, TPC_ERR_INVALID_ARGUMENT, "TPCOMM_QKNORM_MAX_TOKENS=%lld is outside 1..16M",
+                     (long long)c->qknorm_max_tokens);
   TPC_CHECK(tpc_param_resolve(TPC_P_NVLINK_REQUIRED, TPC_CONFIG_UNDEF, &v));
   c->nvlink_required = (int)v;
   if (c->max_bytes < 16 || c->max_bytes > (1LL << 34))
@@ -226,6 +231,8 @@ static tpc_status_t comm_build(tpc_comm_t* out, int nranks, int rank, int device
       TPC_WARN("transport is NCCL (%s) but there is no NCCL communicator (%s): every all-reduce will fail",
                c->transport_reason, c->nccl_reason);
   }
+  TPC_CUDA_CHECK_GOTO(c, cudaMalloc((void**)&c->qk_scratch, (size_t)c->qknorm_max_tokens * 2 * sizeof(float)), st,
+                      fail);
   cudaEvent_t ev;
   TPC_CUDA_CHECK_GOTO(c, cudaEventCreateWithFlags(&ev, cudaEventDisableTiming), st, fail);
   c->order_event = ev;
@@ -234,6 +241,7 @@ static tpc_status_t comm_build(tpc_comm_t* out, int nranks, int rank, int device
   *out = c;
   return TPC_SUCCESS;
 fail:
+  if (c->qk_scratch) cudaFree(c->qk_scratch);
   tpc_arena_destroy(c->arena);
   tpc_nccl_destroy(c);
   free(c->peers);
@@ -360,12 +368,12 @@ tpc_status_t tpc_comm_device_error(struct tpc_comm* comm) {
   if (!comm->arena) return TPC_SUCCESS;
   const volatile tpc_ar_status_t* s = comm->arena->host_status;
   if (s->error == TPC_AR_OK) return TPC_SUCCESS;
-  const char* algo = s->algo == 1 ? "one-shot" : "two-shot";
+  const char* algo = s->algo == 1 ? "one-shot all-reduce" : s->algo == 2 ? "two-shot all-reduce" : "fused TP QK-norm";
   if (s->error == TPC_AR_ERR_ABORTED)
-    return tpc_error(comm, TPC_ERR_ABORTED, "the %s all-reduce kernel stopped waiting for peer %u: communicator aborted",
+    return tpc_error(comm, TPC_ERR_ABORTED, "the %s kernel stopped waiting for peer %u: communicator aborted",
                      algo, s->peer);
   return tpc_error(comm, TPC_ERR_TIMEOUT,
-                   "peer %u did not answer within %d ms (%s all-reduce, block %u of rank %d); the communicator is "
+                   "peer %u did not answer within %d ms (%s, block %u of rank %d); the communicator is "
                    "unusable: abort or destroy it",
                    s->peer, comm->timeout_ms, algo, s->block, comm->rank);
 }
@@ -400,6 +408,7 @@ tpc_status_t tpc_comm_destroy(tpc_comm_t comm) {
   }
   tpc_arena_destroy(comm->arena);
   tpc_nccl_destroy(comm);
+  if (comm->qk_scratch) cudaFree(comm->qk_scratch);
   free(comm->peers);
   cudaGetLastError();
   if (prev >= 0 && prev != comm->device) cudaSetDevice(prev);

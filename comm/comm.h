@@ -31,6 +31,9 @@ struct tpc_comm {
   int p2p_disable, allow_shared_gpu, use_nccl, pdl;
   int64_t push_max_bytes, oneshot_max_bytes;
   int num_blocks;
+  int64_t qknorm_max_tokens;  /* fused TP QK-norm: tokens per exchange */
+  int64_t qknorm_fused_max_tokens; /* auto uses the fused kernel up to this many tokens */
+  float* qk_scratch;          /* [qknorm_max_tokens][2] partial sums of the unfused path */
   int nvlink_required; /* -1 = by world size */
 
   tpc_transport_t transport;
@@ -69,6 +72,14 @@ tpc_status_t tpc_comm_device_error(struct tpc_comm* comm);
 /* The algorithm for one call (allreduce.c); TPC_NUM_ALGOS when none can serve it (*why says why). Pure. */
 tpc_algo_t tpc_allreduce_choose(const struct tpc_comm* comm, size_t count, tpc_dtype_t dtype, int graph,
                                 tpc_algo_t forced, const char** why);
+
+/* Shared by the collectives (allreduce.c): placement checks naming fn and the argument, and the ordering
+ * of calls made from several streams (one operation in flight per communicator). */
+tpc_status_t tpc_check_device_buffer(struct tpc_comm* comm, const void* p, const char* fn, const char* name);
+tpc_status_t tpc_check_stream(struct tpc_comm* comm, cudaStream_t stream, const char* fn);
+tpc_status_t tpc_order_before(struct tpc_comm* comm, cudaStream_t stream, int* capturing,
+                              unsigned long long* capture_id);
+tpc_status_t tpc_order_after(struct tpc_comm* comm, cudaStream_t stream, unsigned long long capture_id);
 
 /* element size of a valid dtype */
 static inline size_t tpc_dtype_size(tpc_dtype_t d) { return d == TPC_FLOAT32 ? 4 : 2; }

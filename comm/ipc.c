@@ -32,10 +32,13 @@ static tpc_status_t arena_alloc(struct tpc_comm* comm, struct tpc_arena* ar, siz
   const int n = comm->nranks;
   const size_t push_off = TPC_AR_HEADER_BYTES + TPC_AR_SEM_BYTES;
   const size_t pull_off = push_off + 2 * (size_t)n * push_slot;
-  ar->bytes = pull_off + pull;
+  const size_t norm_off = pull_off + pull;
+  const size_t norm_bytes = 2 * (size_t)n * (size_t)comm->qknorm_max_tokens * 8;
+  ar->bytes = norm_off + norm_bytes;
   TPC_CUDA_CHECK_COMM(comm, cudaMalloc((void**)&ar->base, ar->bytes));
   TPC_CUDA_CHECK_COMM(comm, cudaMemset(ar->base, 0, push_off));
   TPC_CUDA_CHECK_COMM(comm, tpc_ar_clear_push(ar->base + push_off, 2 * (size_t)n * push_slot, 0));
+  TPC_CUDA_CHECK_COMM(comm, tpc_ar_clear_push(ar->base + norm_off, norm_bytes, 0));
   arena_header_t hdr = {ARENA_MAGIC, comm->rank, ar->bytes};
   TPC_CUDA_CHECK_COMM(comm, cudaMemcpy(ar->base, &hdr, sizeof hdr, cudaMemcpyHostToDevice));
   TPC_CUDA_CHECK_COMM(comm, cudaMalloc((void**)&ar->local, sizeof(tpc_ar_local_t)));
@@ -52,11 +55,13 @@ static tpc_status_t arena_alloc(struct tpc_comm* comm, struct tpc_arena* ar, siz
   a->status = (tpc_ar_status_t*)dev_status;
   a->push_slot_bytes = push_slot;
   a->pull_bytes = pull;
+  a->norm_max_tokens = (uint64_t)comm->qknorm_max_tokens;
   a->timeout_ns = (uint64_t)comm->timeout_ms * 1000000ull;
   a->rank = comm->rank;
   a->nranks = n;
   a->max_threads = 512;
-  TPC_INFO(TPC_SUB_ALLOC, "arena %zu bytes: push 2 x %d x %zu, pull %zu", ar->bytes, n, push_slot, pull);
+  TPC_INFO(TPC_SUB_ALLOC, "arena %zu bytes: push 2 x %d x %zu, pull %zu, norm %zu", ar->bytes, n, push_slot, pull,
+           norm_bytes);
   return TPC_SUCCESS;
 }
 
@@ -66,6 +71,7 @@ static void set_peer_pointers(struct tpc_arena* ar, int p, char* base, size_t pu
   ar->args.sems[p] = (uint32_t*)(base + TPC_AR_HEADER_BYTES);
   ar->args.push[p] = base + push_off;
   ar->args.pull[p] = base + push_off + 2 * (size_t)n * push_slot;
+  ar->args.norm[p] = (char*)ar->args.pull[p] + ar->args.pull_bytes;
 }
 
 /* Opens peer p's arena and reads its header back: YES only when the bytes are what p wrote. */

@@ -6,6 +6,7 @@
  *   sems     uint32 [TPC_AR_MAX_BLOCKS][TPC_AR_MAX_RANKS]   two-shot semaphores, sems[b][src] written by src
  *   push     2 slots x nranks sources x push_slot_bytes      one-shot Lamport slots (all bytes 0xFF = empty)
  *   pull     pull_bytes                                        two-shot buffer
+ *   norm     2 slots x nranks sources x norm_max_tokens x 8 B  fused TP QK-norm partial sums (0xFF = empty)
  * Local (not shared) state, one cudaMalloc: per-block epochs and semaphore bases, and a failure flag.
  * The status word the host reads (timeouts) lives in mapped pinned host memory. */
 #ifndef TPCOMM_KERNELS_ALLREDUCE_H
@@ -41,6 +42,7 @@ enum { TPC_AR_OK = 0, TPC_AR_ERR_TIMEOUT = 1, TPC_AR_ERR_ABORTED = 2 };
 typedef struct {
   uint32_t epoch[TPC_AR_MAX_BLOCKS];    /* one-shot: calls made by block b */
   uint32_t sem_base[TPC_AR_MAX_BLOCKS]; /* two-shot: barriers passed by block b */
+  uint32_t norm_epoch[TPC_AR_MAX_BLOCKS]; /* fused TP QK-norm: calls made by block b */
   uint32_t failed;                      /* a block of this rank gave up: the others stop waiting */
 } tpc_ar_local_t;
 
@@ -48,10 +50,12 @@ typedef struct {
   void* push[TPC_AR_MAX_RANKS];     /* push region of each rank (own included), mapped in this process */
   void* pull[TPC_AR_MAX_RANKS];     /* pull buffer of each rank */
   uint32_t* sems[TPC_AR_MAX_RANKS]; /* semaphore array of each rank */
+  void* norm[TPC_AR_MAX_RANKS];     /* QK-norm partial-sum slots of each rank */
   tpc_ar_local_t* local;
   tpc_ar_status_t* status; /* device pointer to the mapped host status */
   uint64_t push_slot_bytes;
   uint64_t pull_bytes;
+  uint64_t norm_max_tokens; /* tokens one fused QK-norm call can exchange */
   uint64_t timeout_ns;
   int rank, nranks;
   int blocks;      /* fixed grid (epochs are per block) */

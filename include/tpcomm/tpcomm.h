@@ -164,6 +164,34 @@ tpc_status_t tpc_all_reduce(const void* sendbuf, void* recvbuf, size_t count, tp
 tpc_status_t tpc_all_reduce_algo(const void* sendbuf, void* recvbuf, size_t count, tpc_dtype_t dtype,
                                  tpc_redop_t op, tpc_algo_t algo, tpc_comm_t comm, cudaStream_t stream);
 
+/* Tensor-parallel QK-RMSNorm, in place on this rank's shards. Models such as MiniMax-M2 normalize q and k
+ * over ALL heads while tensor parallelism splits the heads across ranks. Per token t:
+ *   q[t] = q[t] * rsqrt(sum over all ranks of q[t]^2 / (q_dim_local * world) + eps) * q_weight
+ * and the same for k (eps added to the mean), fp32 accumulation, every rank using identical statistics.
+ * q: [num_tokens] rows of q_stride elements, the first q_dim_local of each row normalized; same for k.
+ * Weights are this rank's shards (q_dim_local, k_dim_local elements). dtype: TPC_BFLOAT16 or TPC_FLOAT16.
+ * Dims and strides must be multiples of 8 elements and q, k, weights 16-byte aligned (16-byte vectors);
+ * q_dim_local + k_dim_local <= 32768. Collective: every rank calls with the same num_tokens and dims.
+ * Safe in CUDA graphs; num_tokens 0 is a no-op. */
+typedef enum {
+  TPC_QKNORM_AUTO = 0,         /* fused where the custom transport allows it and it is faster */
+  TPC_QKNORM_FUSED = 1,        /* one kernel: partial sums exchanged through the IPC buffers */
+  TPC_QKNORM_UNFUSED = 2,      /* partial-sum kernel, tpc_all_reduce (auto) of [tokens][2] floats, apply kernel */
+  TPC_QKNORM_UNFUSED_NCCL = 3, /* the same with ncclAllReduce */
+  TPC_NUM_QKNORM_PATHS = 4
+} tpc_qknorm_path_t;
+tpc_status_t tpc_tp_qk_rmsnorm(tpc_comm_t comm, void* q, void* k, const void* q_weight, const void* k_weight,
+                               int64_t num_tokens, int64_t q_dim_local, int64_t k_dim_local, int64_t q_stride,
+                               int64_t k_stride, float eps, tpc_dtype_t dtype, cudaStream_t stream);
+/* The same with the path pinned (TPC_ERR_UNSUPPORTED when it cannot serve the call). */
+tpc_status_t tpc_tp_qk_rmsnorm_path(tpc_comm_t comm, void* q, void* k, const void* q_weight, const void* k_weight,
+                                    int64_t num_tokens, int64_t q_dim_local, int64_t k_dim_local, int64_t q_stride,
+                                    int64_t k_stride, float eps, tpc_dtype_t dtype, tpc_qknorm_path_t path,
+                                    cudaStream_t stream);
+
+/* The path tpc_tp_qk_rmsnorm takes for num_tokens (TPC_QKNORM_FUSED or TPC_QKNORM_UNFUSED). */
+tpc_status_t tpc_tp_qk_rmsnorm_choice(tpc_comm_t comm, int64_t num_tokens, tpc_qknorm_path_t* path);
+
 /* NUMA binding (what tpcomm-run --bind numa does; for ranks started by mpirun or a server).
  * tpc_gpu_numa_node: the NUMA node of CUDA device `device` from sysfs (-1 when the machine has none).
  * tpc_bind_numa_node: binds this process's CPUs and memory to node. tpc_bind_to_gpu does both. */

@@ -170,3 +170,43 @@ Test(api, last_error_without_comm_is_thread_local) {
   cr_assert(strstr(tpc_get_last_error(NULL), "comm is NULL"));
   cr_assert(strstr(tpc_get_last_error(NULL), "invalid argument"), "the status is part of the message");
 }
+
+Test(api, tp_qknorm_bad_arguments) {
+  struct tpc_comm* c = fake_comm();
+  static _Alignas(16) char buf[4096];
+  void* b = buf;
+  ASSERT_ERR(tpc_tp_qk_rmsnorm(NULL, b, b, b, b, 4, 64, 8, 64, 8, 1e-6f, TPC_BFLOAT16, 0), TPC_ERR_INVALID_ARGUMENT,
+             "comm is NULL");
+  ASSERT_ERR(tpc_tp_qk_rmsnorm(c, b, b, b, b, 4, 100, 8, 104, 8, 1e-6f, TPC_BFLOAT16, 0), TPC_ERR_INVALID_ARGUMENT,
+             "q_dim_local=100");
+  ASSERT_ERR(tpc_tp_qk_rmsnorm(c, b, b, b, b, 4, 64, 0, 64, 8, 1e-6f, TPC_BFLOAT16, 0), TPC_ERR_INVALID_ARGUMENT,
+             "k_dim_local=0");
+  ASSERT_ERR(tpc_tp_qk_rmsnorm(c, b, b, b, b, 4, 64, 8, 32, 8, 1e-6f, TPC_BFLOAT16, 0), TPC_ERR_INVALID_ARGUMENT,
+             "q_stride=32");
+  ASSERT_ERR(tpc_tp_qk_rmsnorm(c, b, b, NULL, b, 4, 64, 8, 64, 8, 1e-6f, TPC_BFLOAT16, 0), TPC_ERR_INVALID_ARGUMENT,
+             "q_weight is NULL");
+  ASSERT_ERR(tpc_tp_qk_rmsnorm(c, buf + 2, b, b, b, 4, 64, 8, 64, 8, 1e-6f, TPC_BFLOAT16, 0), TPC_ERR_INVALID_ARGUMENT,
+             "not 16-byte aligned");
+  ASSERT_ERR(tpc_tp_qk_rmsnorm(c, b, b, b, b, 4, 64, 8, 64, 8, -1.0f, TPC_BFLOAT16, 0), TPC_ERR_INVALID_ARGUMENT,
+             "eps=-1");
+  ASSERT_ERR(tpc_tp_qk_rmsnorm(c, b, b, b, b, -3, 64, 8, 64, 8, 1e-6f, TPC_BFLOAT16, 0), TPC_ERR_INVALID_ARGUMENT,
+             "num_tokens=-3");
+  ASSERT_ERR(tpc_tp_qk_rmsnorm(c, b, b, b, b, 4, 64, 8, 64, 8, 1e-6f, TPC_FLOAT32, 0), TPC_ERR_UNSUPPORTED,
+             "TPC_FLOAT32");
+  ASSERT_ERR(tpc_tp_qk_rmsnorm(c, b, b, b, b, 4, 64, 8, 64, 8, 1e-6f, (tpc_dtype_t)7, 0), TPC_ERR_INVALID_ARGUMENT,
+             "dtype=7");
+  ASSERT_ERR(tpc_tp_qk_rmsnorm(c, b, b, b, b, 4, 32768, 8, 32768, 8, 1e-6f, TPC_BFLOAT16, 0), TPC_ERR_UNSUPPORTED,
+             "exceeds 32768");
+  ASSERT_ERR(tpc_tp_qk_rmsnorm_path(c, b, b, b, b, 4, 64, 8, 64, 8, 1e-6f, TPC_BFLOAT16, (tpc_qknorm_path_t)9, 0),
+             TPC_ERR_INVALID_ARGUMENT, "path=9");
+  cr_assert_eq(tpc_tp_qk_rmsnorm(c, NULL, NULL, NULL, NULL, 0, 64, 8, 64, 8, 1e-6f, TPC_BFLOAT16, 0),
+               TPC_ERR_INVALID_ARGUMENT, "NULL q is rejected even with 0 tokens");
+  cr_assert_eq(tpc_tp_qk_rmsnorm(c, b, b, b, b, 0, 64, 8, 64, 8, 1e-6f, TPC_BFLOAT16, 0), TPC_SUCCESS,
+               "0 tokens is a no-op");
+  c->transport = TPC_TRANSPORT_NCCL;
+  strcpy(c->transport_reason, "nccl: TPCOMM_P2P_DISABLE=1");
+  c->qknorm_max_tokens = 100;
+  ASSERT_ERR(tpc_tp_qk_rmsnorm_path(c, b, b, b, b, 4, 64, 8, 64, 8, 1e-6f, TPC_BFLOAT16, TPC_QKNORM_FUSED, 0),
+             TPC_ERR_UNSUPPORTED, "custom transport");
+  free(c);
+}

@@ -82,6 +82,24 @@ int tpc_test_run(char* const argv[], char* const env[], char** out, int timeout_
   return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 }
 
+int tpc_test_launch_workers(const char* launcher, const char* bin_dir, int nranks, const char* launcher_extra,
+                            const char* worker, const char* worker_args, char* const env[], int timeout_s, int* clean) {
+  char cmd[2048];
+  snprintf(cmd, sizeof cmd, "%s -n %d %s -- %s/%s %s", launcher, nranks, launcher_extra, bin_dir, worker, worker_args);
+  char* argv[] = {"sh", "-c", cmd, NULL};
+  char* out = NULL;
+  int rc = tpc_test_run(argv, env, &out, timeout_s);
+  fprintf(stderr, "$ %s\n%s\n", cmd, out ? out : "");
+  int reports = 0, failed = 0;
+  for (const char* p = out; p && (p = strstr(p, " passed, ")) != NULL; p++) {
+    reports++;
+    failed |= strncmp(p, " passed, 0 failed", 17) != 0;
+  }
+  *clean = reports == nranks && !failed;
+  free(out);
+  return rc;
+}
+
 void tpc_test_fill_random(float* x, size_t n, uint64_t seed) {
   uint64_t s = seed * 0x9E3779B97F4A7C15ull + 1;
   for (size_t i = 0; i < n; i++) {

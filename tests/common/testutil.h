@@ -14,6 +14,12 @@ int tpc_test_gpu_count(const char** why);
  * (then kills it and returns -2). Returns the exit status (0-255) or 128+signal. */
 int tpc_test_run(char* const argv[], char* const env[], char** out, int timeout_s);
 
+/* Runs `tpcomm-run -n nranks <launcher_extra> -- <bin_dir>/<worker> <worker_args>` (GPU test workers),
+ * prints the command and its output to stderr, and returns the exit status. *clean gets 1 when exactly
+ * nranks "N passed, 0 failed" reports came back and none reported a failure. */
+int tpc_test_launch_workers(const char* launcher, const char* bin_dir, int nranks, const char* launcher_extra,
+                            const char* worker, const char* worker_args, char* const env[], int timeout_s, int* clean);
+
 /* xorshift random numbers in [-1, 1) from a seed */
 void tpc_test_fill_random(float* x, size_t n, uint64_t seed);
 uint16_t tpc_test_f32_to_bf16(float f);

@@ -9,3 +9,10 @@ endif()
 tpc_add_test(test_allreduce_gpu SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_allreduce_gpu.c TIMEOUT 1800)
 target_compile_definitions(test_allreduce_gpu PRIVATE TPC_HAVE_MPI=${TPC_HAVE_MPI} TPC_MPIRUN="${MPIEXEC_EXECUTABLE}")
 add_dependencies(test_allreduce_gpu tpc_ar_worker tpcomm-run)
+
+# TP QK-RMSNorm: worker + driver
+add_executable(tpc_qk_worker ${CMAKE_CURRENT_LIST_DIR}/qk_worker.c)
+target_include_directories(tpc_qk_worker PRIVATE ${CMAKE_SOURCE_DIR}/tests/ref)
+target_link_libraries(tpc_qk_worker PRIVATE tpcomm m)
+tpc_add_test(test_qknorm_gpu SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_qknorm_gpu.c TIMEOUT 1800)
+add_dependencies(test_qknorm_gpu tpc_qk_worker tpcomm-run)
