@@ -7,7 +7,8 @@
  * poll slot [p][token] until both words are not the empty pattern (all-ones; a sender rewrites an
  * all-ones sum to the canonical NaN), re-arm it, and warp 0 sums the N values in rank order, so every
  * rank computes identical statistics; then every thread scales its vectors in place. The first token of
- * each block stays in registers between the phases; later ones are read again. Epochs are per block with a
+ * each block stays in registers between the phases; later ones are read again, and every row load is
+ * issued before the wait it can overlap (the next token's reduction in phase A, the poll in phase B). Epochs are per block with a
  * fixed grid, as in the one-shot all-reduce (allreduce.cu), and the same argument bounds a peer to one call
  * ahead, so two slots suffice.
  *
@@ -167,23 +168,31 @@ __global__ void __launch_bounds__(1024) qk_fused_kernel(tpc_ar_args_t a, tpc_qk_
   Weights<J> w;
   w.template load<T>(p);
 
-  /* phase A: partial sums of every token of this block, to every rank */
+  /* phase A: partial sums of every token of this block, to every rank; the next token's row is loaded
+   * while this one is reduced */
+  float2 part = make_float2(0.f, 0.f);
+  if (blockIdx.x < p.tokens) part = load_row<T, J>(p, blockIdx.x, keep);
   for (int64_t t = blockIdx.x; t < p.tokens; t += gridDim.x) {
-    uint4 x[J];
-    const float2 part = load_row<T, J>(p, t, x);
-    if (t == blockIdx.x) {
-#pragma unroll
-      for (int j = 0; j < J; j++) keep[j] = x[j];
-    }
+    uint4 next[J];
+    float2 next_part = make_float2(0.f, 0.f);
+    if (t + gridDim.x < p.tokens) next_part = load_row<T, J>(p, t + gridDim.x, next);
     const float2 s = block_sum2(part.x, part.y, sh);
     if ((int)threadIdx.x < n)
       st_volatile_v2((char*)a.norm[threadIdx.x] + slot + ((size_t)rank * M + (size_t)t) * 8, sanitize2(s));
+    part = next_part;
   }
 
   /* phase B: sum the ranks' partials in rank order, scale */
   Waiter wt(a);
   char* const mine = (char*)a.norm[rank] + slot;
   for (int64_t t = blockIdx.x; t < p.tokens; t += gridDim.x) {
+    uint4 x[J]; /* the row, loaded while the partial sums are awaited (the first token is still in keep) */
+    if (t == blockIdx.x) {
+#pragma unroll
+      for (int j = 0; j < J; j++) x[j] = keep[j];
+    } else {
+      load_row<T, J>(p, t, x);
+    }
     if (threadIdx.x < 32) {
       uint2 v = make_uint2(0, 0);
       if ((int)threadIdx.x < n) {
@@ -208,13 +217,6 @@ __global__ void __launch_bounds__(1024) qk_fused_kernel(tpc_ar_args_t a, tpc_qk_
     }
     __syncthreads();
     if (s_fail) break;
-    uint4 x[J];
-    if (t == blockIdx.x) {
-#pragma unroll
-      for (int j = 0; j < J; j++) x[j] = keep[j];
-    } else {
-      load_row<T, J>(p, t, x);
-    }
     apply_row<T, J>(p, t, x, w, s_scale.x, s_scale.y);
     __syncthreads(); /* s_scale is rewritten for the next token */
   }
