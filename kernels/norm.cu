@@ -431,11 +431,20 @@ tpc_status_t device_info(const char* fn, DevInfo* d) {
   return TPC_SUCCESS;
 }
 
-/* Whether to launch with PDL: sm_90+ and TPCOMM_PDL (default 1; a malformed value is an error). */
-tpc_status_t use_pdl(const DevInfo& d, bool* pdl) {
+/* Whether to launch with PDL: TPCOMM_PDL (default 1; a malformed value is an error, reported before any CUDA
+ * call) and then sm_90+. */
+tpc_status_t pdl_wanted(bool* pdl) {
   int64_t v = 1;
   TPC_CHECK(tpc_param_resolve(TPC_P_PDL, TPC_CONFIG_UNDEF, &v));
-  *pdl = v != 0 && d.major >= 9;
+  *pdl = v != 0;
+  return TPC_SUCCESS;
+}
+
+/* The device and whether this launch uses PDL; the first CUDA calls of every launcher. */
+tpc_status_t launch_setup(const char* fn, DevInfo* d, bool* pdl) {
+  TPC_CHECK(pdl_wanted(pdl));
+  TPC_CHECK(device_info(fn, d));
+  *pdl = *pdl && d->major >= 9;
   return TPC_SUCCESS;
 }
 
@@ -573,8 +582,7 @@ tpc_status_t launch_rows(const char* fn, RowArgs* a, int nseg, bool fused, bool 
                          cudaStream_t stream) {
   DevInfo d;
   bool pdl = false;
-  TPC_CHECK(device_info(fn, &d));
-  TPC_CHECK(use_pdl(d, &pdl));
+  TPC_CHECK(launch_setup(fn, &d, &pdl));
   int items = 0;
   const int block = plan_rows(a, nseg, &items);
   const bool bf16 = dtype == TPC_BFLOAT16;
@@ -760,8 +768,7 @@ extern "C" tpc_status_t tpc_qk_rmsnorm_per_head(void* q, void* k, const void* q_
 
   DevInfo d;
   bool pdl = false;
-  TPC_CHECK(device_info(fn, &d));
-  TPC_CHECK(use_pdl(d, &pdl));
+  TPC_CHECK(launch_setup(fn, &d, &pdl));
   HeadArgs a = {};
   a.q = (uint16_t*)q;
   a.k = (uint16_t*)k;
