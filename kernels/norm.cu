@@ -650,6 +650,10 @@ extern "C" tpc_status_t tpc_rmsnorm(void* out, const void* in, const void* weigh
   TPC_CHECK(check_stride(fn, "in_stride", in_stride, hidden, "hidden", rows));
   TPC_CHECK(check_stride(fn, "out_stride", out_stride, hidden, "hidden", rows));
   TPC_CHECK(check_eps(fn, eps));
+  if (out == in && in_stride != out_stride)
+    return tpc_error(NULL, TPC_ERR_INVALID_ARGUMENT,
+                     "%s: in place (out == in) needs in_stride == out_stride, got %lld and %lld", fn,
+                     (long long)in_stride, (long long)out_stride);
   const bool vec8 = aligned16(out) && aligned16(in) && aligned16(weight) && hidden % 8 == 0 && in_stride % 8 == 0 &&
                     out_stride % 8 == 0;
   RowArgs a = {};

@@ -71,6 +71,7 @@ Test(norms_args, rmsnorm) {
   ASSERT_ERR(tpc_rmsnorm(Q, P, W, 4, 128, 128, 128, 1e-6f, (tpc_dtype_t)9, 0), INV, "dtype=9 is not a tpc_dtype_t");
   ASSERT_ERR(tpc_rmsnorm(Q, P, W, 4, 128, 128, 128, 1e-6f, (tpc_dtype_t)-1, 0), INV, "dtype=-1");
   ASSERT_ERR(tpc_rmsnorm(Q, P, W, 4, 128, 128, 128, 1e-6f, TPC_FLOAT32, 0), UNS, "float32");
+  ASSERT_ERR(tpc_rmsnorm(P, P, W, 4, 128, 128, 256, 1e-6f, BF, 0), INV, "in_stride == out_stride, got 128 and 256");
   cr_assert(strstr(tpc_get_last_error(NULL), e), "message names the function");
 }
 
@@ -520,6 +521,35 @@ Test(norms_gpu, rows_wide_and_many, .timeout = 300) {
     }
   EXPECT_RIGHT(run_rmsnorm(TPC_BFLOAT16, 5000, 128, L_DENSE, 0, 91), "5000 rows of 128");
   EXPECT_RIGHT(run_rmsnorm(TPC_BFLOAT16, 2048, 4096, L_STRIDED, 1, 92), "2048 rows of 4096, fused");
+}
+
+Test(norms_gpu, rmsnorm_in_place) {
+  need_gpu();
+  const int64_t shapes[][3] = {{9, 4096, 4104}, {3, 1001, 1001}, {130, 128, 128}};
+  for (int i = 0; i < 3; i++) {
+    const tpc_dtype_t dt = i == 1 ? TPC_FLOAT16 : TPC_BFLOAT16;
+    const int64_t rows = shapes[i][0], hidden = shapes[i][1], stride = shapes[i][2];
+    tbuf_t x, w;
+    tb_init(&x, (size_t)((rows - 1) * stride + hidden), 0);
+    tb_init(&w, (size_t)hidden, 0);
+    fill_rows(tb_host(&x), rows, hidden, stride, 21 + i, dt);
+    fill_weight(tb_host(&w), hidden, 22 + i, dt);
+    double* ref = malloc((size_t)(rows * hidden) * sizeof(double));
+    cr_assert(ref);
+    tpc_ref_rmsnorm(ref, tb_host(&x), tb_host(&w), rows, hidden, stride, EPS, dt);
+    tb_expect_near(&x, ref, rows, hidden, stride, 0);
+    tb_upload(&x);
+    tb_upload(&w);
+    TPC_OK(tpc_rmsnorm(tb_dev(&x), tb_dev(&x), tb_dev(&w), rows, hidden, stride, stride, EPS, dt, g_stream));
+    tb_download(&x);
+    tb_download(&w);
+    const size_t wrong = tb_check(&x, "rmsnorm in place", dt) + tb_check(&w, "rmsnorm in place", dt);
+    cr_expect_eq(wrong, 0, "%zu wrong elements: rows=%lld hidden=%lld stride=%lld", wrong, (long long)rows,
+                 (long long)hidden, (long long)stride);
+    free(ref);
+    tb_free(&x);
+    tb_free(&w);
+  }
 }
 
 /* ---- across heads ------------------------------------------------------------------------------------- */
