@@ -48,24 +48,15 @@ typedef struct {
 } kn_shape_t;
 
 static const kn_shape_t k_shapes[] = {
-    {KN_PER_HEAD, 1, 64, 8, 128, 1.0, 0},
-    {KN_PER_HEAD, 1, 4, 1, 128, 1.0, 0},
-    {KN_PER_HEAD, 1024, 64, 8, 128, 0, 0},
-    {KN_PER_HEAD, 8192, 64, 8, 128, 74.0, 0},
-    {KN_PER_HEAD, 1024, 64, 8, 64, 0, 0},
-    {KN_PER_HEAD, 1024, 64, 8, 256, 0, 0},
-    {KN_ACROSS, 1, 8192, 8192, 0, 0, 0},
-    {KN_ACROSS, 256, 1024, 1024, 0, 0, 0},
-    {KN_ACROSS, 2048, 8192, 8192, 0, 34.0, 0},
-    {KN_RMSNORM, 1, 4096, 0, 0, 0, 0},
-    {KN_RMSNORM, 1024, 4096, 0, 0, 0, 90},
-    {KN_RMSNORM, 8192, 8192, 0, 0, 0, 90},
-    {KN_RMSNORM, 4096, 16384, 0, 0, 0, 90},
-    {KN_RMSNORM, 16384, 16384, 0, 0, 0, 90},
-    {KN_FUSED, 1, 4096, 0, 0, 0, 0},
-    {KN_FUSED, 1024, 4096, 0, 0, 0, 90},
-    {KN_FUSED, 8192, 8192, 0, 0, 0, 90},
-    {KN_FUSED, 4096, 16384, 0, 0, 0, 90},
+    {KN_PER_HEAD, 1, 64, 8, 128, 1.0, 0},      {KN_PER_HEAD, 1, 4, 1, 128, 1.0, 0},
+    {KN_PER_HEAD, 1024, 64, 8, 128, 0, 0},     {KN_PER_HEAD, 8192, 64, 8, 128, 74.0, 0},
+    {KN_PER_HEAD, 1024, 64, 8, 64, 0, 0},      {KN_PER_HEAD, 1024, 64, 8, 256, 0, 0},
+    {KN_ACROSS, 1, 8192, 8192, 0, 0, 0},       {KN_ACROSS, 256, 1024, 1024, 0, 0, 0},
+    {KN_ACROSS, 2048, 8192, 8192, 0, 34.0, 0}, {KN_RMSNORM, 1, 4096, 0, 0, 0, 0},
+    {KN_RMSNORM, 1024, 4096, 0, 0, 0, 90},     {KN_RMSNORM, 8192, 8192, 0, 0, 0, 90},
+    {KN_RMSNORM, 4096, 16384, 0, 0, 0, 90},    {KN_RMSNORM, 16384, 16384, 0, 0, 0, 90},
+    {KN_FUSED, 1, 4096, 0, 0, 0, 0},           {KN_FUSED, 1024, 4096, 0, 0, 0, 90},
+    {KN_FUSED, 8192, 8192, 0, 0, 0, 90},       {KN_FUSED, 4096, 16384, 0, 0, 0, 90},
     {KN_FUSED, 16384, 16384, 0, 0, 0, 90},
 };
 enum { KN_NUM_SHAPES = sizeof k_shapes / sizeof k_shapes[0] };
@@ -109,7 +100,8 @@ typedef struct {
 
 void bench_kernels_norm_usage(FILE* f) {
   fprintf(f,
-          "Usage: %s " KN_CMD " [options]\n\n"
+          "Usage: %s " KN_CMD
+          " [options]\n\n"
           "The single-GPU norm kernels (per-head QK-RMSNorm, QK-RMSNorm across heads, RMSNorm, fused add +\n"
           "RMSNorm) at fixed shapes, timed eagerly and inside a CUDA graph, against the memory floor: bytes\n"
           "moved / the device-to-device copy bandwidth measured in the same run. Runs on device 0 (under a\n"
@@ -144,7 +136,8 @@ static void set_default_opts(kn_opts_t* o) {
 
 static int parse_kind_list(const char* val, unsigned* kinds) {
   char buf[256];
-  if (!val || strlen(val) >= sizeof buf) return bench_usage_error(KN_CMD, "invalid value '%s' for --kernel", val ? val : "");
+  if (!val || strlen(val) >= sizeof buf)
+    return bench_usage_error(KN_CMD, "invalid value '%s' for --kernel", val ? val : "");
   strcpy(buf, val);
   *kinds = 0;
   char* save = NULL;
@@ -152,8 +145,10 @@ static int parse_kind_list(const char* val, unsigned* kinds) {
     int found = -1;
     for (int i = 0; i < KN_NUM_KINDS; i++)
       if (strcmp(tok, k_kind_names[i]) == 0) found = i;
-    if (strcmp(tok, "all") == 0) *kinds |= (1u << KN_NUM_KINDS) - 1;
-    else if (found >= 0) *kinds |= 1u << found;
+    if (strcmp(tok, "all") == 0)
+      *kinds |= (1u << KN_NUM_KINDS) - 1;
+    else if (found >= 0)
+      *kinds |= 1u << found;
     else
       return bench_usage_error(KN_CMD,
                                "invalid value '%s' for --kernel: unknown kernel '%s' (expected a comma list of "
@@ -189,12 +184,16 @@ static int apply_option(int c, kn_opts_t* o) {
 }
 
 static int parse_opts(int argc, char** argv, kn_opts_t* o) {
-  static const struct option long_opts[] = {
-      {"iters", required_argument, NULL, 'n'},       {"warmup_iters", required_argument, NULL, 'w'},
-      {"graph_calls", required_argument, NULL, 'g'}, {"graph_reps", required_argument, NULL, 'r'},
-      {"check", required_argument, NULL, 'c'},       {"datatype", required_argument, NULL, 'd'},
-      {"kernel", required_argument, NULL, 'k'},      {"json", required_argument, NULL, 'J'},
-      {"help", no_argument, NULL, 'h'},              {NULL, 0, NULL, 0}};
+  static const struct option long_opts[] = {{"iters", required_argument, NULL, 'n'},
+                                            {"warmup_iters", required_argument, NULL, 'w'},
+                                            {"graph_calls", required_argument, NULL, 'g'},
+                                            {"graph_reps", required_argument, NULL, 'r'},
+                                            {"check", required_argument, NULL, 'c'},
+                                            {"datatype", required_argument, NULL, 'd'},
+                                            {"kernel", required_argument, NULL, 'k'},
+                                            {"json", required_argument, NULL, 'J'},
+                                            {"help", no_argument, NULL, 'h'},
+                                            {NULL, 0, NULL, 0}};
   int c;
   set_default_opts(o);
   while ((c = getopt_long(argc, argv, ":n:w:g:r:c:d:k:J:h", long_opts, NULL)) != -1) {
@@ -207,8 +206,10 @@ static int parse_opts(int argc, char** argv, kn_opts_t* o) {
       return PARSE_BAD;
     }
     if (c == '?') {
-      if (optopt) bench_usage_error(KN_CMD, "unknown option '-%c'", optopt);
-      else bench_usage_error(KN_CMD, "unknown option '%s'", argv[optind - 1]);
+      if (optopt)
+        bench_usage_error(KN_CMD, "unknown option '-%c'", optopt);
+      else
+        bench_usage_error(KN_CMD, "unknown option '%s'", argv[optind - 1]);
       return PARSE_BAD;
     }
     if (apply_option(c, o) != 0) return PARSE_BAD;
@@ -318,15 +319,18 @@ static bench_rc_t alloc_bufs(kn_bench_t* kb, const kn_shape_t* s, kn_bufs_t* bb)
     BENCH_CHECK_CUDA(cudaMalloc(&bb->a[i], (size_t)bb->na * esize));
     BENCH_CHECK_CUDA(cudaMalloc(&bb->b[i], (size_t)bb->nb * esize));
     BENCH_CHECK(tile_pattern(kb, bb->a[i], bb->na, esize));
-    if (s->kind == KN_RMSNORM) BENCH_CHECK_CUDA(cudaMemsetAsync(bb->b[i], 0x7F, (size_t)bb->nb * esize, kb->ctx->stream));
-    else BENCH_CHECK(tile_pattern(kb, bb->b[i], bb->nb, esize));
+    if (s->kind == KN_RMSNORM)
+      BENCH_CHECK_CUDA(cudaMemsetAsync(bb->b[i], 0x7F, (size_t)bb->nb * esize, kb->ctx->stream));
+    else
+      BENCH_CHECK(tile_pattern(kb, bb->b[i], bb->nb, esize));
   }
   BENCH_CHECK_CUDA(cudaMalloc(&bb->wa, (size_t)bb->nwa * esize));
-  BENCH_CHECK_CUDA(cudaMemcpyAsync(bb->wa, kb->h_weight, (size_t)bb->nwa * esize, cudaMemcpyHostToDevice, kb->ctx->stream));
+  BENCH_CHECK_CUDA(
+      cudaMemcpyAsync(bb->wa, kb->h_weight, (size_t)bb->nwa * esize, cudaMemcpyHostToDevice, kb->ctx->stream));
   if (bb->nwb > 0) { /* k's weights: the same random values from another offset */
     BENCH_CHECK_CUDA(cudaMalloc(&bb->wb, (size_t)bb->nwb * esize));
-    BENCH_CHECK_CUDA(cudaMemcpyAsync(bb->wb, kb->h_weight + 17, (size_t)bb->nwb * esize, cudaMemcpyHostToDevice,
-                                     kb->ctx->stream));
+    BENCH_CHECK_CUDA(
+        cudaMemcpyAsync(bb->wb, kb->h_weight + 17, (size_t)bb->nwb * esize, cudaMemcpyHostToDevice, kb->ctx->stream));
   }
   BENCH_CHECK_CUDA(cudaStreamSynchronize(kb->ctx->stream));
   return BENCH_OK;
@@ -388,7 +392,8 @@ static bench_rc_t check_once(kn_bench_t* kb, kn_bufs_t* bb, uint64_t* wrong) {
   double* ref = malloc((size_t)wmax * sizeof(double));
   bench_rc_t rc = BENCH_OK;
   if (!in_a || !in_b || !got || !bits || !wts || !ref) rc = bench_fail("out of host memory for the check");
-  if (rc == BENCH_OK) rc = bench_tpc_rc(kb->ctx, call_set(bb, 0, kb->ctx->stream), k_kind_names[s->kind], __FILE__, __LINE__);
+  if (rc == BENCH_OK)
+    rc = bench_tpc_rc(kb->ctx, call_set(bb, 0, kb->ctx->stream), k_kind_names[s->kind], __FILE__, __LINE__);
   if (rc == BENCH_OK) {
     cudaError_t e = cudaStreamSynchronize(kb->ctx->stream);
     if (e != cudaSuccess) rc = bench_cuda_fail(e, "cudaStreamSynchronize", __FILE__, __LINE__);
@@ -398,8 +403,8 @@ static bench_rc_t check_once(kn_bench_t* kb, kn_bufs_t* bb, uint64_t* wrong) {
   for (int64_t k = 0; rc == BENCH_OK && k < nrows; k++) {
     const int64_t r = nrows == 1 ? 0 : k * (s->rows - 1) / (nrows - 1);
     pattern_span(kb, in_a, r * wa, wa);
-    cudaError_t e = cudaMemcpy(got, (const char*)bb->a[0] + (size_t)(r * wa) * esize, (size_t)wa * esize,
-                               cudaMemcpyDeviceToHost);
+    cudaError_t e =
+        cudaMemcpy(got, (const char*)bb->a[0] + (size_t)(r * wa) * esize, (size_t)wa * esize, cudaMemcpyDeviceToHost);
     if (e != cudaSuccess) {
       rc = bench_cuda_fail(e, "cudaMemcpy", __FILE__, __LINE__);
       break;
@@ -457,9 +462,11 @@ static bench_rc_t measure_copy(kn_bench_t* kb) {
   BENCH_CHECK_CUDA(cudaMalloc(&dst, bytes));
   BENCH_CHECK_CUDA(cudaMemsetAsync(src, 1, bytes, kb->ctx->stream));
   const int warm = 3, reps = 20;
-  for (int i = 0; i < warm; i++) BENCH_CHECK_CUDA(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, kb->ctx->stream));
+  for (int i = 0; i < warm; i++)
+    BENCH_CHECK_CUDA(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, kb->ctx->stream));
   BENCH_CHECK_CUDA(cudaEventRecord(kb->ctx->ev_start, kb->ctx->stream));
-  for (int i = 0; i < reps; i++) BENCH_CHECK_CUDA(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, kb->ctx->stream));
+  for (int i = 0; i < reps; i++)
+    BENCH_CHECK_CUDA(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, kb->ctx->stream));
   BENCH_CHECK_CUDA(cudaEventRecord(kb->ctx->ev_stop, kb->ctx->stream));
   BENCH_CHECK_CUDA(cudaEventSynchronize(kb->ctx->ev_stop));
   float ms = 0;
@@ -544,10 +551,12 @@ static bench_rc_t measure_shape(kn_bench_t* kb, const kn_shape_t* s, kn_result_t
   if (rc == BENCH_OK) rc = bench_time_eager(kb->ctx, op, (int)kb->o->warmup, (int)kb->o->iters, &r->eager_us);
   if (rc == BENCH_OK) rc = bench_time_graph(kb->ctx, op, (int)kb->o->graph_calls, (int)kb->o->graph_reps, &r->graph_us);
   r->nsets = bb.nsets;
-  r->cold = (double)bb.nsets * (double)(bb.na + bb.nb) * (double)bench_dtype_size(bb.dtype) >= 2.0 * (double)kb->l2_bytes;
+  r->cold =
+      (double)bb.nsets * (double)(bb.na + bb.nb) * (double)bench_dtype_size(bb.dtype) >= 2.0 * (double)kb->l2_bytes;
   r->floor_us = (double)bb.bytes / (kb->copy_gbs * 1e3);
-  if (rc == BENCH_NA) rc = bench_fail("%s: the library answered 'unsupported' for a shape it serves: %s",
-                                      k_kind_names[s->kind], tpc_get_last_error(NULL));
+  if (rc == BENCH_NA)
+    rc = bench_fail("%s: the library answered 'unsupported' for a shape it serves: %s", k_kind_names[s->kind],
+                    tpc_get_last_error(NULL));
   bench_rc_t rc2 = free_bufs(&bb);
   if (rc == BENCH_OK) rc = rc2;
   if (rc == BENCH_OK) judge_target(s, r);
@@ -578,9 +587,12 @@ static void add_columns(kn_bench_t* kb) {
 }
 
 static void time_cell(bench_table_t* t, double us) {
-  if (us < 100) bench_table_cell(t, "%.2f", us);
-  else if (us < 1e4) bench_table_cell(t, "%.1f", us);
-  else bench_table_cell(t, "%.0f", us);
+  if (us < 100)
+    bench_table_cell(t, "%.2f", us);
+  else if (us < 1e4)
+    bench_table_cell(t, "%.1f", us);
+  else
+    bench_table_cell(t, "%.0f", us);
 }
 
 static void print_row(kn_bench_t* kb, const kn_shape_t* s, const kn_result_t* r) {
@@ -606,8 +618,10 @@ static void print_row(kn_bench_t* kb, const kn_shape_t* s, const kn_result_t* r)
     bench_table_cell(t, "%.1f", 100.0 * r->floor_us / r->graph_us);
     bench_table_cell(t, "%.0f", (double)shape_bytes(s, bench_dtype_size(kb->o->dtype)) / (r->graph_us * 1e3));
     time_cell(t, r->floor_us);
-    if (r->checked) bench_table_cell(t, "%llu", (unsigned long long)r->wrong);
-    else bench_table_cell(t, "-");
+    if (r->checked)
+      bench_table_cell(t, "%llu", (unsigned long long)r->wrong);
+    else
+      bench_table_cell(t, "-");
     bench_table_cell(t, "%s", *r->target ? r->target : "-");
   }
   bench_table_end_row(t, bench_out(kb->ctx));
@@ -640,32 +654,42 @@ static void write_json(kn_bench_t* kb, const kn_shape_t* s, const kn_result_t* r
   bench_json_num(j, "pct_floor_eager", 100.0 * r->floor_us / r->eager_us);
   bench_json_num(j, "pct_floor_graph", 100.0 * r->floor_us / r->graph_us);
   bench_json_num(j, "copy_gbs", kb->copy_gbs);
-  if (r->checked) bench_json_int(j, "wrong", (long long)r->wrong);
-  else bench_json_null(j, "wrong");
-  if (*r->target) bench_json_str(j, "target", r->target);
-  else bench_json_null(j, "target");
+  if (r->checked)
+    bench_json_int(j, "wrong", (long long)r->wrong);
+  else
+    bench_json_null(j, "wrong");
+  if (*r->target)
+    bench_json_str(j, "target", r->target);
+  else
+    bench_json_null(j, "target");
   bench_json_end(j);
 }
 
 static void print_run_header(kn_bench_t* kb, FILE* f) {
   const kn_opts_t* o = kb->o;
-  bench_printf(f, "# kernels-norm: %s, eps %g; eager: %ld warm-up + %ld timed calls; graph: %ld calls captured, "
-                  "1 warm-up + %ld timed replays\n",
+  bench_printf(f,
+               "# kernels-norm: %s, eps %g; eager: %ld warm-up + %ld timed calls; graph: %ld calls captured, "
+               "1 warm-up + %ld timed replays\n",
                bench_dtype_name(o->dtype), (double)KN_EPS, o->warmup, o->iters, o->graph_calls, o->graph_reps);
   bench_printf(f, "# L2 cache: %.0f MB; buffer sets rotate until they exceed twice that (at most %d sets)\n",
                (double)kb->l2_bytes / 1e6, KN_MAX_SETS);
   if (o->check)
-    bench_printf(f, "# check: one call per shape, %d rows (tokens) spread over the tensors, against an fp64 CPU "
-                    "reference (|y-ref| <= %s)\n",
+    bench_printf(f,
+                 "# check: one call per shape, %d rows (tokens) spread over the tensors, against an fp64 CPU "
+                 "reference (|y-ref| <= %s)\n",
                  KN_CHECK_ROWS, o->dtype == TPC_BFLOAT16 ? "2^-7 |ref| + 1e-3" : "2^-9 |ref| + 1e-5");
-  else bench_printf(f, "# check: off\n");
-  bench_printf(f, "# floor = bytes moved / copy bandwidth; floor %% = floor / time; targets are the issue's, "
-                  "for H200 and bf16, on the graph time\n");
+  else
+    bench_printf(f, "# check: off\n");
+  bench_printf(f,
+               "# floor = bytes moved / copy bandwidth; floor %% = floor / time; targets are the issue's, "
+               "for H200 and bf16, on the graph time\n");
 }
 
 static void print_footer(kn_bench_t* kb, FILE* f) {
-  if (kb->o->check) bench_printf(f, "# #wrong total: %llu\n", (unsigned long long)kb->wrong_total);
-  else bench_printf(f, "# #wrong total: not checked (-c 0)\n");
+  if (kb->o->check)
+    bench_printf(f, "# #wrong total: %llu\n", (unsigned long long)kb->wrong_total);
+  else
+    bench_printf(f, "# #wrong total: not checked (-c 0)\n");
   bench_printf(f, "# targets missed: %d%s\n", kb->misses,
                kb->o->dtype == TPC_BFLOAT16 ? "" : " (the targets are set for bfloat16)");
   if (kb->skipped) bench_printf(f, "# shapes skipped for lack of device memory: %d\n", kb->skipped);

@@ -52,7 +52,7 @@
 
 #include "tpcomm/kernels.h"
 
-extern "C" { /* the library's internal C headers (no guards of their own); system headers come first */
+extern "C" {        /* the library's internal C headers (no guards of their own); system headers come first */
 #include "checks.h" /* TPC_CHECK, and debug.h: tpc_error */
 #include "param.h"  /* tpc_param_resolve(TPC_P_PDL) */
 }
@@ -81,8 +81,12 @@ struct Cvt<__nv_bfloat16> {
 };
 template <>
 struct Cvt<__half> {
-  static __device__ __forceinline__ float lo(uint32_t w) { return __half2float(__ushort_as_half((unsigned short)(w & 0xffffu))); }
-  static __device__ __forceinline__ float hi(uint32_t w) { return __half2float(__ushort_as_half((unsigned short)(w >> 16))); }
+  static __device__ __forceinline__ float lo(uint32_t w) {
+    return __half2float(__ushort_as_half((unsigned short)(w & 0xffffu)));
+  }
+  static __device__ __forceinline__ float hi(uint32_t w) {
+    return __half2float(__ushort_as_half((unsigned short)(w >> 16)));
+  }
   static __device__ __forceinline__ float lo2(uint32_t w) { return lo(w); }
   static __device__ __forceinline__ float hi2(uint32_t w) { return hi(w); }
   static __device__ __forceinline__ uint32_t pack(float a, float b) {
@@ -94,7 +98,9 @@ struct Cvt<__half> {
 __device__ __forceinline__ uint4 select4(bool c, const uint4& a, const uint4& b) {
   return make_uint4(c ? a.x : b.x, c ? a.y : b.y, c ? a.z : b.z, c ? a.w : b.w);
 }
-__device__ __forceinline__ uint32_t word(const uint4& v, int i) { return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w; }
+__device__ __forceinline__ uint32_t word(const uint4& v, int i) {
+  return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
+}
 
 template <typename T>
 __device__ __forceinline__ float sum_squares8(const uint4& v) {
@@ -326,21 +332,21 @@ struct HeadArgs {
   const uint16_t* wk;
   int64_t q_stride, k_stride;
   uint32_t tokens;
-  uint32_t total;     /* tokens * heads work items, < 2^31 */
-  uint32_t step;      /* groups in the grid: gridDim.x * (kHeadBlock / (D / 8)) */
-  uint32_t step_tok;  /* step / heads */
-  uint32_t step_head; /* step % heads */
+  uint32_t total;          /* tokens * heads work items, < 2^31 */
+  uint32_t step;           /* groups in the grid: gridDim.x * (kHeadBlock / (D / 8)) */
+  uint32_t step_tok;       /* step / heads */
+  uint32_t step_head;      /* step % heads */
   uint32_t q_heads, heads; /* heads = q_heads + kv_heads */
   float eps, inv_d;
 };
 
 template <typename T, int VEC, int D, int ROWS>
 __global__ void __launch_bounds__(kHeadBlock) qk_per_head_kernel(const HeadArgs a) {
-  constexpr int G = D / 8;                /* threads per head row */
-  constexpr int GPB = kHeadBlock / G;     /* groups per block */
-  constexpr int GPW = 32 / G;             /* groups per warp */
-  const int lane = (int)threadIdx.x % G;  /* vector of the row this thread owns */
-  const uint32_t gib = threadIdx.x / G;   /* group in block */
+  constexpr int G = D / 8;               /* threads per head row */
+  constexpr int GPB = kHeadBlock / G;    /* groups per block */
+  constexpr int GPW = 32 / G;            /* groups per warp */
+  const int lane = (int)threadIdx.x % G; /* vector of the row this thread owns */
+  const uint32_t gib = threadIdx.x / G;  /* group in block */
   /* first item of this warp (uniform in the warp) and of this group; unsigned: < 2^31 + ROWS * step */
   const uint32_t warp_base = blockIdx.x * GPB + (gib / GPW) * GPW;
   const uint32_t first = blockIdx.x * GPB + gib;
@@ -408,7 +414,8 @@ std::atomic<int> g_major[kMaxDevices];
 
 tpc_status_t cuda_fail(const char* fn, const char* call, cudaError_t err) {
   (void)cudaGetLastError(); /* clear a non-sticky error so later calls report their own */
-  return tpc_error(NULL, TPC_ERR_CUDA, "%s: %s failed: %s (%s)", fn, call, cudaGetErrorString(err), cudaGetErrorName(err));
+  return tpc_error(NULL, TPC_ERR_CUDA, "%s: %s failed: %s (%s)", fn, call, cudaGetErrorString(err),
+                   cudaGetErrorName(err));
 }
 
 tpc_status_t device_info(const char* fn, DevInfo* d) {
@@ -486,7 +493,8 @@ tpc_status_t check_eps(const char* fn, float eps) {
 tpc_status_t check_ptr(const char* fn, const char* name, const void* p) {
   if (p == NULL) return tpc_error(NULL, TPC_ERR_INVALID_ARGUMENT, "%s: %s is NULL", fn, name);
   if ((uintptr_t)p % 2 != 0)
-    return tpc_error(NULL, TPC_ERR_INVALID_ARGUMENT, "%s: %s=%p is not aligned to the 2-byte element size", fn, name, p);
+    return tpc_error(NULL, TPC_ERR_INVALID_ARGUMENT, "%s: %s=%p is not aligned to the 2-byte element size", fn, name,
+                     p);
   return TPC_SUCCESS;
 }
 
@@ -511,8 +519,8 @@ tpc_status_t check_stride(const char* fn, const char* name, int64_t stride, int6
 tpc_status_t check_hidden(const char* fn, const char* name, int64_t hidden) {
   TPC_CHECK(check_positive(fn, name, hidden));
   if (hidden > TPC_NORM_MAX_HIDDEN)
-    return tpc_error(NULL, TPC_ERR_UNSUPPORTED, "%s: %s=%lld exceeds the largest supported row of %d elements", fn, name,
-                     (long long)hidden, TPC_NORM_MAX_HIDDEN);
+    return tpc_error(NULL, TPC_ERR_UNSUPPORTED, "%s: %s=%lld exceeds the largest supported row of %d elements", fn,
+                     name, (long long)hidden, TPC_NORM_MAX_HIDDEN);
   return TPC_SUCCESS;
 }
 
@@ -587,13 +595,15 @@ tpc_status_t launch_rows(const char* fn, RowArgs* a, int nseg, bool fused, bool 
   const int block = plan_rows(a, nseg, &items);
   const bool bf16 = dtype == TPC_BFLOAT16;
   if (fused) {
-    if (bf16) return vec8 ? launch_rows_items<__nv_bfloat16, 8, true>(fn, *a, items, block, pdl, stream)
-                          : launch_rows_items<__nv_bfloat16, 1, true>(fn, *a, items, block, pdl, stream);
+    if (bf16)
+      return vec8 ? launch_rows_items<__nv_bfloat16, 8, true>(fn, *a, items, block, pdl, stream)
+                  : launch_rows_items<__nv_bfloat16, 1, true>(fn, *a, items, block, pdl, stream);
     return vec8 ? launch_rows_items<__half, 8, true>(fn, *a, items, block, pdl, stream)
                 : launch_rows_items<__half, 1, true>(fn, *a, items, block, pdl, stream);
   }
-  if (bf16) return vec8 ? launch_rows_items<__nv_bfloat16, 8, false>(fn, *a, items, block, pdl, stream)
-                        : launch_rows_items<__nv_bfloat16, 1, false>(fn, *a, items, block, pdl, stream);
+  if (bf16)
+    return vec8 ? launch_rows_items<__nv_bfloat16, 8, false>(fn, *a, items, block, pdl, stream)
+                : launch_rows_items<__nv_bfloat16, 1, false>(fn, *a, items, block, pdl, stream);
   return vec8 ? launch_rows_items<__half, 8, false>(fn, *a, items, block, pdl, stream)
               : launch_rows_items<__half, 1, false>(fn, *a, items, block, pdl, stream);
 }

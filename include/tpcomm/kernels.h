@@ -37,8 +37,8 @@ extern "C" {
 
 /* RMSNorm of `rows` rows of `hidden` elements: out[r][i] = in[r][i] * rsqrt(mean(in[r]^2) + eps) * weight[i].
  * in_stride / out_stride: elements between consecutive rows. out == in (same stride) normalizes in place. */
-tpc_status_t tpc_rmsnorm(void* out, const void* in, const void* weight, int64_t rows, int64_t hidden,
-                         int64_t in_stride, int64_t out_stride, float eps, tpc_dtype_t dtype, cudaStream_t stream);
+tpc_status_t tpc_rmsnorm(void* out, const void* in, const void* weight, int64_t rows, int64_t hidden, int64_t in_stride,
+                         int64_t out_stride, float eps, tpc_dtype_t dtype, cudaStream_t stream);
 
 /* Fused residual add + RMSNorm, both in place: residual[r] = x[r] + residual[r] (rounded to dtype), then
  * x[r] = rmsnorm(residual[r]) * weight, normalizing the rounded residual exactly as tpc_rmsnorm would.
@@ -60,9 +60,9 @@ tpc_status_t tpc_qk_rmsnorm_per_head(void* q, void* k, const void* q_weight, con
 /* QK-RMSNorm across heads in place, one launch for q and k: each token row of q ([tokens][q_hidden], weight
  * q_weight[q_hidden]) and of k ([tokens][k_hidden], weight k_weight[k_hidden]) is normalized over the
  * whole row. q_hidden and k_hidden <= TPC_NORM_MAX_HIDDEN. q and k must not share elements. */
-tpc_status_t tpc_qk_rmsnorm_across_heads(void* q, void* k, const void* q_weight, const void* k_weight,
-                                         int64_t tokens, int64_t q_hidden, int64_t k_hidden, int64_t q_stride,
-                                         int64_t k_stride, float eps, tpc_dtype_t dtype, cudaStream_t stream);
+tpc_status_t tpc_qk_rmsnorm_across_heads(void* q, void* k, const void* q_weight, const void* k_weight, int64_t tokens,
+                                         int64_t q_hidden, int64_t k_hidden, int64_t q_stride, int64_t k_stride,
+                                         float eps, tpc_dtype_t dtype, cudaStream_t stream);
 
 #ifdef __cplusplus
 }

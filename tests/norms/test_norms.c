@@ -31,12 +31,12 @@
 
 /* ---- argument validation (no GPU) ------------------------------------------------------------------ */
 
-#define ASSERT_ERR(call, status, needle)                                                          \
-  do {                                                                                            \
-    tpc_status_t s_ = (call);                                                                     \
-    cr_assert_eq(s_, (status), "%s returned %d (%s)", #call, (int)s_, tpc_get_last_error(NULL)); \
-    cr_assert(strstr(tpc_get_last_error(NULL), (needle)), "message '%s' lacks '%s'",              \
-              tpc_get_last_error(NULL), (needle));                                                \
+#define ASSERT_ERR(call, status, needle)                                                                       \
+  do {                                                                                                         \
+    tpc_status_t s_ = (call);                                                                                  \
+    cr_assert_eq(s_, (status), "%s returned %d (%s)", #call, (int)s_, tpc_get_last_error(NULL));               \
+    cr_assert(strstr(tpc_get_last_error(NULL), (needle)), "message '%s' lacks '%s'", tpc_get_last_error(NULL), \
+              (needle));                                                                                       \
   } while (0)
 
 #define INV TPC_ERR_INVALID_ARGUMENT
@@ -120,8 +120,10 @@ Test(norms_args, qk_rmsnorm_per_head) {
 Test(norms_args, qk_rmsnorm_across_heads) {
   ASSERT_ERR(tpc_qk_rmsnorm_across_heads(NULL, P, W, W2, 4, 1024, 128, 1024, 128, 1e-6f, BF, 0), INV, "q is NULL");
   ASSERT_ERR(tpc_qk_rmsnorm_across_heads(Q, NULL, W, W2, 4, 1024, 128, 1024, 128, 1e-6f, BF, 0), INV, "k is NULL");
-  ASSERT_ERR(tpc_qk_rmsnorm_across_heads(Q, P, NULL, W2, 4, 1024, 128, 1024, 128, 1e-6f, BF, 0), INV, "q_weight is NULL");
-  ASSERT_ERR(tpc_qk_rmsnorm_across_heads(Q, P, W, NULL, 4, 1024, 128, 1024, 128, 1e-6f, BF, 0), INV, "k_weight is NULL");
+  ASSERT_ERR(tpc_qk_rmsnorm_across_heads(Q, P, NULL, W2, 4, 1024, 128, 1024, 128, 1e-6f, BF, 0), INV,
+             "q_weight is NULL");
+  ASSERT_ERR(tpc_qk_rmsnorm_across_heads(Q, P, W, NULL, 4, 1024, 128, 1024, 128, 1e-6f, BF, 0), INV,
+             "k_weight is NULL");
   ASSERT_ERR(tpc_qk_rmsnorm_across_heads(Q, P, W, W2 + 1, 4, 1024, 128, 1024, 128, 1e-6f, BF, 0), INV, "k_weight=");
   ASSERT_ERR(tpc_qk_rmsnorm_across_heads(Q, P, W, W2, -1, 1024, 128, 1024, 128, 1e-6f, BF, 0), INV, "tokens=-1");
   ASSERT_ERR(tpc_qk_rmsnorm_across_heads(Q, P, W, W2, 4, 0, 128, 1024, 128, 1e-6f, BF, 0), INV, "q_hidden=0");
@@ -134,7 +136,8 @@ Test(norms_args, qk_rmsnorm_across_heads) {
              "k_stride=0 is smaller than k_hidden=128");
   ASSERT_ERR(tpc_qk_rmsnorm_across_heads(Q, P, W, W2, 4, 1024, 128, 1024, 128, -0.5f, BF, 0), INV, "eps=-0.5");
   ASSERT_ERR(tpc_qk_rmsnorm_across_heads(Q, P, W, W2, 4, 1024, 128, 1024, 128, 1e-6f, TPC_FLOAT32, 0), UNS, "float32");
-  ASSERT_ERR(tpc_qk_rmsnorm_across_heads(Q, Q, W, W2, 4, 1024, 128, 1024, 128, 1e-6f, BF, 0), INV, "q and k are the same");
+  ASSERT_ERR(tpc_qk_rmsnorm_across_heads(Q, Q, W, W2, 4, 1024, 128, 1024, 128, 1e-6f, BF, 0), INV,
+             "q and k are the same");
 }
 
 Test(norms_args, malformed_pdl_env) {
@@ -159,15 +162,15 @@ Test(norms_args, eps_zero_is_valid) {
 #define GUARD 64 /* poisoned elements before and after every buffer */
 #define EPS 1e-6f
 
-#define CK(call)                                                                                          \
-  do {                                                                                                    \
-    cudaError_t e_ = (call);                                                                              \
+#define CK(call)                                                                                               \
+  do {                                                                                                         \
+    cudaError_t e_ = (call);                                                                                   \
     cr_assert_eq(e_, cudaSuccess, "%s failed: %s (%s:%d)", #call, cudaGetErrorString(e_), __FILE__, __LINE__); \
   } while (0)
-#define TPC_OK(call)                                                                                      \
-  do {                                                                                                    \
-    tpc_status_t s_ = (call);                                                                             \
-    cr_assert_eq(s_, TPC_SUCCESS, "%s returned %d: %s", #call, (int)s_, tpc_get_last_error(NULL));        \
+#define TPC_OK(call)                                                                               \
+  do {                                                                                             \
+    tpc_status_t s_ = (call);                                                                      \
+    cr_assert_eq(s_, TPC_SUCCESS, "%s returned %d: %s", #call, (int)s_, tpc_get_last_error(NULL)); \
   } while (0)
 
 static cudaStream_t g_stream;
@@ -189,14 +192,14 @@ enum { K_KEEP = 0, K_NEAR = 1, K_EXACT = 2 };
 
 /* A device buffer with its host mirror and, per element, what it must hold after the call. */
 typedef struct {
-  size_t total, off;     /* elements in all; offset of the data region (guard + misalignment) */
-  uint16_t* before;      /* uploaded values (inputs, poison) */
-  uint16_t* after;       /* downloaded values */
-  uint16_t* exact;       /* K_EXACT: the expected bits (allocated on first use) */
-  float* ref;            /* K_NEAR: the reference (fp64, stored as fp32: far below the tolerance) */
-  uint8_t* kind;         /* K_KEEP: still == before */
+  size_t total, off; /* elements in all; offset of the data region (guard + misalignment) */
+  uint16_t* before;  /* uploaded values (inputs, poison) */
+  uint16_t* after;   /* downloaded values */
+  uint16_t* exact;   /* K_EXACT: the expected bits (allocated on first use) */
+  float* ref;        /* K_NEAR: the reference (fp64, stored as fp32: far below the tolerance) */
+  uint8_t* kind;     /* K_KEEP: still == before */
   uint16_t* dev;
-  double tol_scale;      /* K_NEAR accepts tol_scale * tpc_ref_tolerance (1 unless a test says) */
+  double tol_scale; /* K_NEAR accepts tol_scale * tpc_ref_tolerance (1 unless a test says) */
 } tbuf_t;
 
 static void tb_init(tbuf_t* b, size_t extent, size_t misalign) {
@@ -231,7 +234,8 @@ static void tb_expect_near(tbuf_t* b, const double* ref, int64_t rows, int64_t w
       b->ref[i] = (float)ref[r * width + c];
     }
 }
-static void tb_expect_exact(tbuf_t* b, const uint16_t* bits, int64_t rows, int64_t width, int64_t stride, int64_t col0) {
+static void tb_expect_exact(tbuf_t* b, const uint16_t* bits, int64_t rows, int64_t width, int64_t stride,
+                            int64_t col0) {
   if (!b->exact) b->exact = malloc(b->total * 2);
   cr_assert(b->exact, "out of host memory");
   for (int64_t r = 0; r < rows; r++)
@@ -250,8 +254,9 @@ static size_t tb_check(const tbuf_t* b, const char* what, tpc_dtype_t dt) {
     switch (b->kind[i]) {
       case K_NEAR: {
         const double g = tpc_ref_to_float(b->after[i], dt);
-        ok = b->tol_scale == 1.0 ? tpc_ref_close(b->after[i], b->ref[i], dt)
-                                 : isfinite(g) && fabs(g - b->ref[i]) <= b->tol_scale * tpc_ref_tolerance(b->ref[i], dt);
+        ok = b->tol_scale == 1.0
+                 ? tpc_ref_close(b->after[i], b->ref[i], dt)
+                 : isfinite(g) && fabs(g - b->ref[i]) <= b->tol_scale * tpc_ref_tolerance(b->ref[i], dt);
         break;
       }
       case K_EXACT: ok = b->after[i] == b->exact[i]; break;
@@ -265,7 +270,9 @@ static size_t tb_check(const tbuf_t* b, const char* what, tpc_dtype_t dt) {
       else
         fprintf(stderr, "  %s: element %lld = 0x%04x, expected 0x%04x (%s)\n", what, pos, b->after[i],
                 b->kind[i] == K_EXACT ? b->exact[i] : b->before[i],
-                b->kind[i] == K_EXACT ? "residual" : pos < 0 ? "guard before" : "must stay untouched");
+                b->kind[i] == K_EXACT ? "residual"
+                : pos < 0             ? "guard before"
+                                      : "must stay untouched");
     }
   }
   return wrong;
@@ -349,8 +356,8 @@ static size_t run_per_head(tpc_dtype_t dt, int D, int qh, int kh, int64_t tokens
   if (tk != &bq) tb_upload(tk);
   tb_upload(&bwq);
   tb_upload(&bwk);
-  TPC_OK(tpc_qk_rmsnorm_per_head(tb_dev(&bq), (uint16_t*)tb_dev(tk) + kcol, tb_dev(&bwq), tb_dev(&bwk), tokens, qh, kh, D,
-                                 qs, ks, EPS, dt, g_stream));
+  TPC_OK(tpc_qk_rmsnorm_per_head(tb_dev(&bq), (uint16_t*)tb_dev(tk) + kcol, tb_dev(&bwq), tb_dev(&bwk), tokens, qh, kh,
+                                 D, qs, ks, EPS, dt, g_stream));
   tb_download(&bq);
   if (tk != &bq) tb_download(tk);
   tb_download(&bwq);
@@ -369,10 +376,10 @@ static size_t run_per_head(tpc_dtype_t dt, int D, int qh, int kh, int64_t tokens
   return wrong;
 }
 
-#define EXPECT_RIGHT(call, fmt, ...)                                                        \
-  do {                                                                                      \
-    size_t w_ = (call);                                                                     \
-    cr_expect_eq(w_, 0, "%zu wrong elements: " fmt, w_, ##__VA_ARGS__);                     \
+#define EXPECT_RIGHT(call, fmt, ...)                                    \
+  do {                                                                  \
+    size_t w_ = (call);                                                 \
+    cr_expect_eq(w_, 0, "%zu wrong elements: " fmt, w_, ##__VA_ARGS__); \
   } while (0)
 
 static const int k_dims[] = {64, 128, 256};
@@ -452,7 +459,8 @@ static size_t run_rmsnorm(tpc_dtype_t dt, int64_t rows, int64_t hidden, layout_t
   uint16_t* res = fused ? malloc((size_t)(rows * hidden) * 2) : NULL;
   cr_assert(ref && (res || !fused));
   if (fused) {
-    tpc_ref_fused_add_rmsnorm(ref, res, tb_host(&bin), tb_host(&bout), tb_host(&bw), rows, hidden, s_in, s_out, EPS, dt);
+    tpc_ref_fused_add_rmsnorm(ref, res, tb_host(&bin), tb_host(&bout), tb_host(&bw), rows, hidden, s_in, s_out, EPS,
+                              dt);
     tb_expect_near(&bin, ref, rows, hidden, s_in, 0);
     tb_expect_exact(&bout, res, rows, hidden, s_out, 0);
   } else {
@@ -463,7 +471,8 @@ static size_t run_rmsnorm(tpc_dtype_t dt, int64_t rows, int64_t hidden, layout_t
   tb_upload(&bout);
   tb_upload(&bw);
   if (fused)
-    TPC_OK(tpc_fused_add_rmsnorm(tb_dev(&bin), tb_dev(&bout), tb_dev(&bw), rows, hidden, s_in, s_out, EPS, dt, g_stream));
+    TPC_OK(
+        tpc_fused_add_rmsnorm(tb_dev(&bin), tb_dev(&bout), tb_dev(&bw), rows, hidden, s_in, s_out, EPS, dt, g_stream));
   else
     TPC_OK(tpc_rmsnorm(tb_dev(&bout), tb_dev(&bin), tb_dev(&bw), rows, hidden, s_in, s_out, EPS, dt, g_stream));
   tb_download(&bin);
@@ -481,7 +490,8 @@ static size_t run_rmsnorm(tpc_dtype_t dt, int64_t rows, int64_t hidden, layout_t
   return wrong;
 }
 
-static const int64_t k_hidden[] = {1, 7, 64, 127, 128, 256, 264, 512, 1000, 1024, 1032, 2048, 4096, 4097, 5120, 8192, 16384};
+static const int64_t k_hidden[] = {1,    7,    64,   127,  128,  256,  264,  512,  1000,
+                                   1024, 1032, 2048, 4096, 4097, 5120, 8192, 16384};
 
 static void rows_matrix(tpc_dtype_t dt, int fused) {
   const int64_t rows[] = {1, 7, 150};
@@ -587,8 +597,8 @@ static size_t run_across(tpc_dtype_t dt, int64_t tokens, int64_t qh, int64_t kh,
   if (tk != &bq) tb_upload(tk);
   tb_upload(&bwq);
   tb_upload(&bwk);
-  TPC_OK(tpc_qk_rmsnorm_across_heads(tb_dev(&bq), (uint16_t*)tb_dev(tk) + kcol, tb_dev(&bwq), tb_dev(&bwk), tokens, qh, kh,
-                                     qs, ks, EPS, dt, g_stream));
+  TPC_OK(tpc_qk_rmsnorm_across_heads(tb_dev(&bq), (uint16_t*)tb_dev(tk) + kcol, tb_dev(&bwq), tb_dev(&bwk), tokens, qh,
+                                     kh, qs, ks, EPS, dt, g_stream));
   tb_download(&bq);
   if (tk != &bq) tb_download(tk);
   tb_download(&bwq);
@@ -653,8 +663,8 @@ Test(norms_gpu, first_calls_inside_graph_capture) {
   double* rk = malloc((size_t)(T * KH * D) * sizeof(double));
   double* ry = malloc((size_t)(T * H) * sizeof(double));
   cr_assert(rq && rk && ry);
-  tpc_ref_qk_rmsnorm_per_head(rq, rk, tb_host(&q), tb_host(&k), tb_host(&wq), tb_host(&wk), T, QH, KH, D, QH * D, KH * D,
-                              EPS, dt);
+  tpc_ref_qk_rmsnorm_per_head(rq, rk, tb_host(&q), tb_host(&k), tb_host(&wq), tb_host(&wk), T, QH, KH, D, QH * D,
+                              KH * D, EPS, dt);
   tpc_ref_rmsnorm(ry, tb_host(&x), tb_host(&w), T, H, H, EPS, dt);
   tb_expect_near(&q, rq, T, QH * D, QH * D, 0);
   tb_expect_near(&k, rk, T, KH * D, KH * D, 0);
@@ -780,8 +790,8 @@ Test(norms_gpu, per_head_twice_in_place) {
   uint16_t* q1 = malloc(nq * 2);
   uint16_t* k1 = malloc(nk * 2);
   cr_assert(rq && rk && q1 && k1);
-  tpc_ref_qk_rmsnorm_per_head(rq, rk, tb_host(&q), tb_host(&k), tb_host(&wq), tb_host(&wk), T, QH, KH, D, QH * D, KH * D,
-                              EPS, dt);
+  tpc_ref_qk_rmsnorm_per_head(rq, rk, tb_host(&q), tb_host(&k), tb_host(&wq), tb_host(&wk), T, QH, KH, D, QH * D,
+                              KH * D, EPS, dt);
   for (size_t i = 0; i < nq; i++) q1[i] = tpc_ref_from_float((float)rq[i], dt);
   for (size_t i = 0; i < nk; i++) k1[i] = tpc_ref_from_float((float)rk[i], dt);
   tpc_ref_qk_rmsnorm_per_head(rq, rk, q1, k1, tb_host(&wq), tb_host(&wk), T, QH, KH, D, QH * D, KH * D, EPS, dt);

@@ -22,7 +22,7 @@ static uint32_t float_to_bits(float f) {
 static uint16_t f32_to_bf16(float f) {
   uint32_t u = float_to_bits(f);
   if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40); /* quiet NaN */
-  u += 0x7fffu + ((u >> 16) & 1u);                                            /* round to nearest even */
+  u += 0x7fffu + ((u >> 16) & 1u);                                          /* round to nearest even */
   return (uint16_t)(u >> 16);
 }
 
@@ -64,7 +64,9 @@ float tpc_ref_to_float(uint16_t h, tpc_dtype_t dtype) {
   return dtype == TPC_BFLOAT16 ? bits_to_float((uint32_t)h << 16) : f16_to_f32(h);
 }
 
-uint16_t tpc_ref_from_float(float f, tpc_dtype_t dtype) { return dtype == TPC_BFLOAT16 ? f32_to_bf16(f) : f32_to_f16(f); }
+uint16_t tpc_ref_from_float(float f, tpc_dtype_t dtype) {
+  return dtype == TPC_BFLOAT16 ? f32_to_bf16(f) : f32_to_f16(f);
+}
 
 void tpc_ref_rmsnorm_row(double* y, const uint16_t* x, const uint16_t* w, int64_t n, float eps, tpc_dtype_t dtype) {
   double ss = 0.0;
@@ -73,7 +75,8 @@ void tpc_ref_rmsnorm_row(double* y, const uint16_t* x, const uint16_t* w, int64_
     ss += v * v;
   }
   const double r = 1.0 / sqrt(ss / (double)n + (double)eps);
-  for (int64_t i = 0; i < n; i++) y[i] = (double)tpc_ref_to_float(x[i], dtype) * r * (double)tpc_ref_to_float(w[i], dtype);
+  for (int64_t i = 0; i < n; i++)
+    y[i] = (double)tpc_ref_to_float(x[i], dtype) * r * (double)tpc_ref_to_float(w[i], dtype);
 }
 
 void tpc_ref_rmsnorm(double* ref, const uint16_t* in, const uint16_t* w, int64_t rows, int64_t hidden,
@@ -96,16 +99,16 @@ void tpc_ref_fused_add_rmsnorm(double* ref, uint16_t* res_out, const uint16_t* x
   }
 }
 
-void tpc_ref_qk_rmsnorm_per_head(double* ref_q, double* ref_k, const uint16_t* q, const uint16_t* k,
-                                 const uint16_t* wq, const uint16_t* wk, int64_t tokens, int q_heads, int kv_heads,
-                                 int head_dim, int64_t q_stride, int64_t k_stride, float eps, tpc_dtype_t dtype) {
+void tpc_ref_qk_rmsnorm_per_head(double* ref_q, double* ref_k, const uint16_t* q, const uint16_t* k, const uint16_t* wq,
+                                 const uint16_t* wk, int64_t tokens, int q_heads, int kv_heads, int head_dim,
+                                 int64_t q_stride, int64_t k_stride, float eps, tpc_dtype_t dtype) {
   for (int64_t t = 0; t < tokens; t++) {
     for (int h = 0; h < q_heads; h++)
       tpc_ref_rmsnorm_row(ref_q + (t * q_heads + h) * head_dim, q + t * q_stride + (int64_t)h * head_dim, wq, head_dim,
                           eps, dtype);
     for (int h = 0; h < kv_heads; h++)
-      tpc_ref_rmsnorm_row(ref_k + (t * kv_heads + h) * head_dim, k + t * k_stride + (int64_t)h * head_dim, wk,
-                          head_dim, eps, dtype);
+      tpc_ref_rmsnorm_row(ref_k + (t * kv_heads + h) * head_dim, k + t * k_stride + (int64_t)h * head_dim, wk, head_dim,
+                          eps, dtype);
   }
 }
 

@@ -35,9 +35,9 @@ void tpc_ref_fused_add_rmsnorm(double* ref, uint16_t* res_out, const uint16_t* x
 
 /* ref_q[tokens][q_heads][head_dim] and ref_k[tokens][kv_heads][head_dim]: every head normalized over head_dim
  * with wq / wk; q and k rows at q + t * q_stride, k + t * k_stride. */
-void tpc_ref_qk_rmsnorm_per_head(double* ref_q, double* ref_k, const uint16_t* q, const uint16_t* k,
-                                 const uint16_t* wq, const uint16_t* wk, int64_t tokens, int q_heads, int kv_heads,
-                                 int head_dim, int64_t q_stride, int64_t k_stride, float eps, tpc_dtype_t dtype);
+void tpc_ref_qk_rmsnorm_per_head(double* ref_q, double* ref_k, const uint16_t* q, const uint16_t* k, const uint16_t* wq,
+                                 const uint16_t* wk, int64_t tokens, int q_heads, int kv_heads, int head_dim,
+                                 int64_t q_stride, int64_t k_stride, float eps, tpc_dtype_t dtype);
 
 /* The accepted error of a kernel output against a reference value. One fp32 computation rounded once to the
  * dtype is off by at most half an ulp (bf16: 2^-8 relative, fp16: 2^-11) plus fp32 noise; this allows twice
