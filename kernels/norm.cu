@@ -15,8 +15,8 @@
  * segments of rows (q rows and k rows), each with its own pointers, width and weight; the grid is split
  * so a block only ever holds rows of one segment. A row is handled by a group of `group` threads that
  * hold ITEMS vectors each (vector j of lane l covers elements (j*group + l)*8 ..+8, so every load
- * instruction of a group is contiguous). ITEMS is 1, 2, 4 or 8 by width (all loads of a row are issued
- * before the first use); group is a power of two <= 32 (sub-warp rows, shuffle reduction only) or a
+ * instruction of a group is contiguous). ITEMS is 1, 2, 4 or 8 by width (row_items; all loads of a row are
+ * issued before the first use); group is a power of two <= 32 (sub-warp rows, shuffle reduction only) or a
  * multiple of 32 (warp shuffles, then the warps' partials through 2x32 floats of shared memory, double
  * buffered by iteration so one __syncthreads per row suffices). Block = 256 threads for narrow rows
  * (several rows per block), or `group` threads (up to 1024) for wide ones; grid = one block per
@@ -527,8 +527,16 @@ tpc_status_t check_hidden(const char* fn, const char* name, int64_t hidden) {
 bool aligned16(const void* p) { return (uintptr_t)p % 16 == 0; }
 
 /* ---- row launches ------------------------------------------------------------------------------------- */
-/* vectors per thread for the widest row of the launch */
-int row_items(int64_t nvec) { return nvec <= 32 ? 1 : nvec <= 64 ? 2 : nvec <= 4096 ? 4 : 8; }
+/* Vectors per thread for the widest row of the launch. Rows up to 1024 elements: one warp (or less) per row,
+ * no shared memory. Up to 8192: 2 vectors per thread (32 registers, full occupancy, e.g. 8 blocks of 256 or
+ * 4 of 512 per SM). Wider: 4, then 8 vectors per thread so a row still fits one block of <= 1024 threads. */
+int row_items(int64_t nvec) {
+  if (nvec <= 32) return 1;
+  if (nvec <= 64) return 2;
+  if (nvec <= 128) return 4;
+  if (nvec <= 1024) return 2;
+  return nvec <= 4096 ? 4 : 8;
+}
 
 /* threads per row for a row of nvec vectors at `items` vectors per thread */
 int row_group(int64_t nvec, int items) {
