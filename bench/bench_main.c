@@ -13,6 +13,8 @@ int bench_allreduce(int argc, char** argv);
 void bench_allreduce_usage(FILE* f);
 int bench_tp_qknorm(int argc, char** argv);
 void bench_tp_qknorm_usage(FILE* f);
+int bench_kernels_norm(int argc, char** argv);
+void bench_kernels_norm_usage(FILE* f);
 
 typedef struct {
   const char* name;
@@ -27,6 +29,9 @@ static const bench_command_t k_commands[] = {
      bench_allreduce, bench_allreduce_usage},
     {"tp_qknorm", "tensor-parallel QK-RMSNorm: fused vs partial sums + all-reduce (NCCL or ours) + apply",
      bench_tp_qknorm, bench_tp_qknorm_usage},
+    {"kernels-norm", "single-GPU norm kernels (QK-RMSNorm per head and across heads, RMSNorm, fused add) vs the "
+                     "memory floor",
+     bench_kernels_norm, bench_kernels_norm_usage},
 };
 enum { NUM_COMMANDS = sizeof k_commands / sizeof k_commands[0] };
 
