@@ -26,9 +26,9 @@ step_shared() { # 4 and 8 ranks on the GPUs, under MPS
   return $rc
 }
 step_bench() {
-  local n=${BENCH_RANKS:-$ngpu} args=${BENCH_ARGS:--b 8 -e 256M -f 2}
+  local n=${BENCH_RANKS:-$ngpu} args=${BENCH_ARGS:--b 8 -e 256M -f 2} eager=${BENCH_EAGER_ARGS:--b 8 -e 256M -f 4}
   $B/tpcomm-run -n "$n" $B/tpcomm-bench allreduce $args --graph --json "$OUT/allreduce_graph.json" &&
-    $B/tpcomm-run -n "$n" $B/tpcomm-bench allreduce $args --json "$OUT/allreduce_eager.json"
+    $B/tpcomm-run -n "$n" $B/tpcomm-bench allreduce $eager --json "$OUT/allreduce_eager.json"
 }
 step_variants() { # tuning: grid size and PDL, graph mode, custom algorithms only
   local n=${BENCH_RANKS:-$ngpu}
@@ -45,7 +45,23 @@ step_qkbench() {
     $B/tpcomm-run -n "$n" $B/tpcomm-bench tp_qknorm --json "$OUT/tp_qknorm_eager.json"
 }
 step_mpibench() {
-  mpirun -np "$ngpu" --oversubscribe --mca btl self,vader -x NCCL_NVLS_ENABLE $B/tpcomm-bench allreduce -b 8 -e 256M -f 2 --graph
+  mpirun -np "$ngpu" --oversubscribe --bind-to none --mca btl self,vader --mca plm_rsh_agent false -x NCCL_NVLS_ENABLE \
+    $B/tpcomm-bench allreduce ${MPI_BENCH_ARGS:--b 8 -e 256M -f 4} --graph
+}
+step_kbench() { # single-GPU kernels (device 0)
+  $B/tpcomm-bench kernels-norm --json "$OUT/kernels_norm.json"
+  $B/tpcomm-bench kernels-gemm --json "$OUT/kernels_gemm.json"
+}
+step_kanchors() { # PyTorch baselines of the single-GPU kernels, same machine, same call
+  PYTHONUNBUFFERED=1 python3 .devdeps/anchor_kernels_compiled.py
+  PYTHONUNBUFFERED=1 python3 bench/torch_rmsnorm_baseline.py
+}
+step_sanitizer() { # compute-sanitizer memcheck: a 2-rank all-reduce run and the norm kernels' GPU tests
+  compute-sanitizer --tool memcheck --target-processes all --error-exitcode 9 \
+    $B/tpcomm-run -n "$ngpu" $B/tpc_ar_worker streams
+  local r=$?
+  compute-sanitizer --tool memcheck --error-exitcode 9 $B/test_norms --jobs 1 --filter 'norms_gpu/*' || r=1
+  return $r
 }
 step_anchors() {
   PYTHONUNBUFFERED=1 python3 .devdeps/anchor_allreduce.py
