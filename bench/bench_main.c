@@ -11,6 +11,8 @@
 
 int bench_allreduce(int argc, char** argv);
 void bench_allreduce_usage(FILE* f);
+int bench_kernels_gemm(int argc, char** argv);
+void bench_kernels_gemm_usage(FILE* f);
 
 typedef struct {
   const char* name;
@@ -23,6 +25,8 @@ static const bench_command_t k_commands[] = {
     {"allreduce", "all-reduce latency and bandwidth: tpcomm (auto, one-shot, two-shot, nccl) vs NCCL, like "
                   "all_reduce_perf",
      bench_allreduce, bench_allreduce_usage},
+    {"kernels-gemm", "FP8 quantization and cuBLASLt GEMMs (merged, batched, FP8) vs memory floors", bench_kernels_gemm,
+     bench_kernels_gemm_usage},
 };
 enum { NUM_COMMANDS = sizeof k_commands / sizeof k_commands[0] };
 
