@@ -5,8 +5,9 @@
  *            1024x1368, 4096x4096, 65536x4096 bf16: time vs floor = (2*rows*hidden + rows*hidden +
  *            4*rows) bytes / copy bandwidth
  *   gemm     the six projections of one layer sharing a 2304-wide input (n = 1024, 1024, 1024, 8, 128,
- *            128) at m = 1, 16, 128, 4096, 8192: six separate tpc_gemm calls vs one merged linear vs a plain
- *            cuBLASLt matmul of the merged shape (n = 3336) written here directly; time, TFLOP/s, floor
+ *            128) at m = 1, 16, 128, 4096, 8192: six separate tpc_gemm calls vs one merged linear (heuristic
+ *            algorithm, and autotuned over 16 candidates) vs a plain cuBLASLt matmul of the merged shape
+ *            (n = 3336) written here directly; time, TFLOP/s, floor
  *   batched  two [m,128] x [128,1024] products: one tpc_gemm_strided_batched vs two tpc_gemm calls
  *   square   an 8192^3 bf16 GEMM through tpc_gemm and through plain cuBLASLt: TFLOP/s
  *   fp8      tpc_gemm_fp8 at the merged shape (m = 16, 4096, 8192) and 8192^3, outer-vector vs epilogue
@@ -74,7 +75,7 @@ typedef struct {
 typedef struct {
   double quant_graph[NUM_QUANT];
   double merged_graph[NUM_GEMM_M], sep_graph[NUM_GEMM_M], sep_eager[NUM_GEMM_M], merged_eager[NUM_GEMM_M],
-      plain_graph[NUM_GEMM_M];
+      plain_graph[NUM_GEMM_M], tuned_graph[NUM_GEMM_M];
   double weight_floor_us;
   double square_tflops;
   int have_quant, have_gemm, have_square;
@@ -96,6 +97,7 @@ typedef struct {
   const kg_opts_t* o;
   bench_ctx_t* ctx;
   tpc_gemm_handle_t h;
+  tpc_gemm_handle_t h_tuned; /* tpc_gemm_handle_set_autotune(16) */
   lt_ctx_t lt;
   double copy_gbs;
   size_t l2_bytes;
@@ -537,7 +539,7 @@ typedef struct {
   float* hxf;             /* host values of x */
 } gemm_bufs_t;
 
-typedef enum { IMPL_SEPARATE, IMPL_MERGED, IMPL_PLAIN } gemm_impl_t;
+typedef enum { IMPL_SEPARATE, IMPL_MERGED, IMPL_TUNED, IMPL_PLAIN, NUM_IMPLS } gemm_impl_t;
 
 typedef struct {
   kg_t* b;
@@ -564,6 +566,11 @@ static bench_rc_t enqueue_gemm(void* arg, cudaStream_t stream) {
     case IMPL_MERGED:
       return bench_tpc_rc(ctx, tpc_merged_linear_forward(g->ml[r], g->x, c->m, KG_K, g->y, KG_N_MERGED, stream),
                           "tpc_merged_linear_forward", __FILE__, __LINE__);
+    case IMPL_TUNED: /* the merged weight through the autotuning handle: the same GEMM as the merged forward */
+      return bench_tpc_rc(ctx,
+                          tpc_gemm(c->b->h_tuned, c->m, KG_N_MERGED, KG_K, g->x, KG_K, g->wm[r], KG_K, g->y, KG_N_MERGED,
+                                   TPC_BFLOAT16, stream),
+                          "tpc_gemm (autotuned)", __FILE__, __LINE__);
     default: return lt_run(&c->b->lt, c->plan, g->wm[r], g->x, g->y, stream);
   }
 }
@@ -686,6 +693,9 @@ static bench_rc_t run_gemm(kg_t* b) {
   bench_table_col(&t, "eager", "(us)", 8);
   bench_table_col(&t, "graph", "(us)", 8);
   bench_table_col(&t, "TFLOP/s", "(graph)", 8);
+  bench_table_group(&t, "merged, autotuned");
+  bench_table_col(&t, "eager", "(us)", 8);
+  bench_table_col(&t, "graph", "(us)", 8);
   bench_table_group(&t, "plain cuBLASLt");
   bench_table_col(&t, "eager", "(us)", 8);
   bench_table_col(&t, "graph", "(us)", 8);
@@ -710,9 +720,9 @@ static bench_rc_t run_gemm(kg_t* b) {
       rc = prc;
       break;
     }
-    kg_time_t tm[3];
+    kg_time_t tm[NUM_IMPLS];
     uint64_t wrong = 0;
-    for (int impl = 0; rc == BENCH_OK && impl < 3; impl++) {
+    for (int impl = 0; rc == BENCH_OK && impl < NUM_IMPLS; impl++) {
       gemm_call_t c = {b, &g, (gemm_impl_t)impl, m, &plan, 0};
       if (impl == IMPL_PLAIN && prc == BENCH_NA) {
         memset(&tm[impl], 0, sizeof tm[impl]);
@@ -729,13 +739,15 @@ static bench_rc_t run_gemm(kg_t* b) {
     if (rc != BENCH_OK) break;
     const double bytes = wbytes + (double)m * KG_K * 2 + (double)m * KG_N_MERGED * 2;
     const double fl = floor_us(b, bytes);
-    const kg_time_t *ts = &tm[IMPL_SEPARATE], *tmg = &tm[IMPL_MERGED], *tpl = &tm[IMPL_PLAIN];
+    const kg_time_t *ts = &tm[IMPL_SEPARATE], *tmg = &tm[IMPL_MERGED], *ttu = &tm[IMPL_TUNED], *tpl = &tm[IMPL_PLAIN];
     bench_table_cell(&t, "%lld", (long long)m);
     time_cell(&t, ts->eager, ts->na);
     time_cell(&t, ts->graph, ts->na);
     time_cell(&t, tmg->eager, tmg->na);
     time_cell(&t, tmg->graph, tmg->na);
     bench_table_cell(&t, "%.1f", tflops((double)m, KG_N_MERGED, KG_K, tmg->graph));
+    time_cell(&t, ttu->eager, ttu->na);
+    time_cell(&t, ttu->graph, ttu->na);
     time_cell(&t, tpl->eager, tpl->na);
     time_cell(&t, tpl->graph, tpl->na);
     bench_table_cell(&t, "%.2f", tmg->graph > 0 ? ts->graph / tmg->graph : 0);
@@ -752,8 +764,9 @@ static bench_rc_t run_gemm(kg_t* b) {
     b->sum.merged_graph[mi] = tmg->graph;
     b->sum.merged_eager[mi] = tmg->eager;
     b->sum.plain_graph[mi] = tpl->na ? 0 : tpl->graph;
-    static const char* impl_names[3] = {"separate", "merged", "plain_cublaslt"};
-    for (int impl = 0; impl < 3; impl++) {
+    b->sum.tuned_graph[mi] = ttu->na ? 0 : ttu->graph;
+    static const char* impl_names[NUM_IMPLS] = {"separate", "merged", "merged_autotuned", "plain_cublaslt"};
+    for (int impl = 0; impl < NUM_IMPLS; impl++) {
       if (tm[impl].na) continue;
       bench_json_begin(&b->json);
       bench_json_str(&b->json, "section", "gemm");
@@ -1228,6 +1241,10 @@ static void print_targets(kg_t* b) {
       if (m <= 16) {
         snprintf(what, sizeof what, "merged m=%lld, graph / weight-read floor (%.2f us)", (long long)m, s->weight_floor_us);
         target_line(out, what, s->merged_graph[mi] / s->weight_floor_us, "x", "<=", 1.2);
+        if (s->tuned_graph[mi] > 0) {
+          snprintf(what, sizeof what, "merged m=%lld, autotuned, graph / weight-read floor", (long long)m);
+          target_line(out, what, s->tuned_graph[mi] / s->weight_floor_us, "x", "<=", 1.2);
+        }
         snprintf(what, sizeof what, "merged m=%lld, separate/merged, graph", (long long)m);
         target_line(out, what, s->merged_graph[mi] > 0 ? s->sep_graph[mi] / s->merged_graph[mi] : 0, "x", ">=", 3.0);
         snprintf(what, sizeof what, "merged m=%lld, separate/merged, eager", (long long)m);
@@ -1258,6 +1275,8 @@ static bench_rc_t run(kg_t* b) {
                b->o->warmup, b->o->iters, b->o->iters, b->o->graph_reps, l2 >> 20,
                b->o->cold ? "rotated over copies > 2x L2 (cold)" : "in one copy (warm)", b->o->check ? "on" : "off");
   BENCH_CHECK_TPC(ctx, tpc_gemm_handle_create(&b->h, 0));
+  BENCH_CHECK_TPC(ctx, tpc_gemm_handle_create(&b->h_tuned, 0));
+  BENCH_CHECK_TPC(ctx, tpc_gemm_handle_set_autotune(b->h_tuned, 16));
   BENCH_CHECK(lt_init(&b->lt));
   BENCH_CHECK(measure_copy(b));
   if (b->o->sections & (1u << SEC_QUANT)) BENCH_CHECK(run_quant(b));
@@ -1293,8 +1312,9 @@ int bench_kernels_gemm(int argc, char** argv) {
   }
   if (rc == BENCH_OK) rc = run(&b);
   lt_fini(&b.lt);
-  if (b.h) {
-    tpc_status_t hs = tpc_gemm_handle_destroy(b.h);
+  tpc_gemm_handle_t handles[2] = {b.h, b.h_tuned};
+  for (int i = 0; i < 2; i++) {
+    tpc_status_t hs = tpc_gemm_handle_destroy(handles[i]);
     if (hs != TPC_SUCCESS && rc == BENCH_OK) rc = bench_tpc_fail(&ctx, hs, "tpc_gemm_handle_destroy", __FILE__, __LINE__);
   }
   if (rc != BENCH_OK) return bench_ctx_fail(&ctx);

@@ -59,7 +59,8 @@ tpc_status_t tpc_gemm_cublas_status(int cublas_status, const char* call);
 #define MERGED_MAGIC 0x7470636du      /* "tpcm" */
 #define MERGED_ALIGN 8                /* each merged output starts at a multiple of 8 columns */
 #define MERGED_MAX_NUM 4096
-#define HEURISTIC_RESULTS 8
+#define HEURISTIC_RESULTS 16 /* candidates asked for (the first that fits is used unless autotuning) */
+#define AUTOTUNE_RUNS 3
 #define WHY_LEN 384
 
 typedef enum { KIND_16BIT = 0, KIND_FP8_OUTER = 1, KIND_FP8_UNIT = 2 } plan_kind_t;
@@ -98,6 +99,8 @@ struct tpc_gemm_handle {
   plan_t** slots; /* open addressing, capacity a power of two, at most half full */
   size_t cap, count;
   int64_t heuristic_queries;
+  int autotune;      /* > 1: time up to this many heuristic candidates when a plan is made (not in capture) */
+  cudaEvent_t ev[2]; /* autotuning, created by tpc_gemm_handle_set_autotune */
 };
 
 struct tpc_merged_linear {
@@ -328,8 +331,16 @@ fail:
   return res;
 }
 
-/* Asks cuBLASLt once for the plan's algorithm. A refusal (no algorithm) is remembered in the plan. */
-static tpc_status_t plan_heuristic(tpc_gemm_handle_t h, plan_t* p, char* why, size_t why_len) {
+typedef struct gemm_op gemm_op_t;
+static tpc_status_t autotune(tpc_gemm_handle_t h, plan_t* p, const gemm_op_t* op,
+                             const cublasLtMatmulHeuristicResult_t* cand, int ncand, cudaStream_t stream, char* why,
+                             size_t why_len);
+
+/* Asks cuBLASLt once for the plan's algorithm: the first candidate that fits the workspace, or, when the
+ * handle autotunes and the stream is not capturing, the fastest of the first candidates timed on op's own
+ * operands. A refusal (no algorithm) is remembered in the plan. */
+static tpc_status_t plan_heuristic(tpc_gemm_handle_t h, plan_t* p, const gemm_op_t* op, cudaStream_t stream, char* why,
+                                   size_t why_len) {
   tpc_status_t res = TPC_SUCCESS;
   cublasLtMatmulPreference_t pref = NULL;
   cublasLtMatmulHeuristicResult_t results[HEURISTIC_RESULTS];
@@ -355,12 +366,15 @@ static tpc_status_t plan_heuristic(tpc_gemm_handle_t h, plan_t* p, char* why, si
   const int refusal = st == CUBLAS_STATUS_NOT_SUPPORTED || st == CUBLAS_STATUS_ARCH_MISMATCH ||
                       (p->key.kind == KIND_FP8_OUTER && st == CUBLAS_STATUS_INVALID_VALUE);
   if (st != CUBLAS_STATUS_SUCCESS && !refusal) return cublas_why(st, "cublasLtMatmulAlgoGetHeuristic", why, why_len);
-  for (int i = 0; st == CUBLAS_STATUS_SUCCESS && i < found; i++) {
-    if (results[i].state == CUBLAS_STATUS_SUCCESS && results[i].workspaceSize <= h->workspace_bytes) {
-      p->algo = results[i].algo;
-      p->has_algo = 1;
-      return TPC_SUCCESS;
-    }
+  int nfit = 0; /* the usable candidates, in the heuristic's order, compacted to the front */
+  for (int i = 0; st == CUBLAS_STATUS_SUCCESS && i < found; i++)
+    if (results[i].state == CUBLAS_STATUS_SUCCESS && results[i].workspaceSize <= h->workspace_bytes)
+      results[nfit++] = results[i];
+  if (nfit > 0) {
+    p->algo = results[0].algo;
+    p->has_algo = 1;
+    if (h->autotune > 1 && nfit > 1) return autotune(h, p, op, results, nfit < h->autotune ? nfit : h->autotune, stream, why, why_len);
+    return TPC_SUCCESS;
   }
   p->refused = TPC_ERR_UNSUPPORTED;
   if (st != CUBLAS_STATUS_SUCCESS)
@@ -378,14 +392,52 @@ fail:
 }
 
 /* One GEMM as the plan layer sees it. */
-typedef struct {
+struct gemm_op {
   plan_key_t key;
   const void* a; /* W */
   const void* b; /* x */
   void* d;       /* y */
   const float* a_scale; /* KIND_FP8_OUTER: w_scales */
   const float* b_scale; /* KIND_FP8_OUTER: x_scales */
-} gemm_op_t;
+};
+
+/* Times candidates cand[0..ncand) on op (one warm-up and AUTOTUNE_RUNS timed runs each, on stream, which is
+ * synchronized) and keeps the fastest in p->algo; candidates that cuBLASLt rejects are skipped. Does nothing
+ * while the stream is capturing (p keeps cand[0]). The output is overwritten by the trials, which is
+ * harmless: the call itself runs right after. */
+static tpc_status_t autotune(tpc_gemm_handle_t h, plan_t* p, const gemm_op_t* op,
+                             const cublasLtMatmulHeuristicResult_t* cand, int ncand, cudaStream_t stream, char* why,
+                             size_t why_len) {
+  enum cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
+  cudaError_t err = cudaStreamIsCapturing(stream, &cap);
+  if (err != cudaSuccess) return cuda_why(err, "cudaStreamIsCapturing", why, why_len);
+  if (cap != cudaStreamCaptureStatusNone || !h->ev[0] || !h->ev[1]) return TPC_SUCCESS;
+  const float alpha = 1.0f, beta = 0.0f;
+  float best = -1.0f;
+  int best_i = 0;
+  for (int i = 0; i < ncand; i++) {
+    cublasStatus_t st = CUBLAS_STATUS_SUCCESS;
+    for (int r = 0; r <= AUTOTUNE_RUNS && st == CUBLAS_STATUS_SUCCESS; r++) {
+      if (r == 1 && (err = cudaEventRecord(h->ev[0], stream)) != cudaSuccess) return cuda_why(err, "cudaEventRecord", why, why_len);
+      st = cublasLtMatmul(h->lt, p->desc, &alpha, op->a, p->la, op->b, p->lb, &beta, op->d, p->ld, op->d, p->ld,
+                          &cand[i].algo, h->workspace, h->workspace_bytes, stream);
+    }
+    if (st != CUBLAS_STATUS_SUCCESS) continue; /* this candidate does not run here */
+    float ms = 0;
+    if ((err = cudaEventRecord(h->ev[1], stream)) != cudaSuccess) return cuda_why(err, "cudaEventRecord", why, why_len);
+    if ((err = cudaEventSynchronize(h->ev[1])) != cudaSuccess) return cuda_why(err, "cudaEventSynchronize", why, why_len);
+    if ((err = cudaEventElapsedTime(&ms, h->ev[0], h->ev[1])) != cudaSuccess)
+      return cuda_why(err, "cudaEventElapsedTime", why, why_len);
+    if (best < 0 || ms < best) {
+      best = ms;
+      best_i = i;
+    }
+  }
+  p->algo = cand[best_i].algo;
+  TPC_INFO(TPC_SUB_ALL, "gemm autotune m=%lld n=%lld k=%lld: candidate %d of %d, %.2f us", (long long)p->key.m,
+           (long long)p->key.n, (long long)p->key.k, best_i, ncand, best > 0 ? best * 1e3 / AUTOTUNE_RUNS : 0.0);
+  return TPC_SUCCESS;
+}
 
 static void op_init(gemm_op_t* op, int kind, cudaDataType_t ab_type, cudaDataType_t d_type, int64_t m, int64_t n,
                     int64_t k, const void* w, int64_t w_ld, const void* x, int64_t x_ld, void* y, int64_t y_ld) {
@@ -449,7 +501,7 @@ static tpc_status_t gemm_run_locked(tpc_gemm_handle_t h, gemm_op_t* op, cudaStre
     if (st != CUBLAS_STATUS_SUCCESS) return cublas_why(st, "cublasLtMatmulDescSetAttribute(A/B_SCALE_POINTER)", why, why_len);
   }
   if (!p->has_algo) {
-    tpc_status_t st = plan_heuristic(h, p, why, why_len);
+    tpc_status_t st = plan_heuristic(h, p, op, stream, why, why_len);
     if (st != TPC_SUCCESS) return st;
   }
   const float alpha = 1.0f, beta = 0.0f;
@@ -572,6 +624,8 @@ tpc_status_t tpc_gemm_handle_destroy(tpc_gemm_handle_t h) {
     err = cudaFree(h->scratch);
     if (err != cudaSuccess && res == TPC_SUCCESS) res = cuda_why(err, "cudaFree(scratch)", why, sizeof why);
   }
+  for (int i = 0; i < 2; i++)
+    if (h->ev[i]) cudaEventDestroy(h->ev[i]);
   if (h->lt) {
     cublasStatus_t st = cublasLtDestroy(h->lt);
     if (st != CUBLAS_STATUS_SUCCESS && res == TPC_SUCCESS) res = cublas_why(st, "cublasLtDestroy", why, sizeof why);
@@ -592,6 +646,28 @@ tpc_status_t tpc_gemm_handle_stats(tpc_gemm_handle_t h, int64_t* plans, int64_t*
   if (heuristic_queries) *heuristic_queries = h->heuristic_queries;
   pthread_mutex_unlock(&h->lock);
   return TPC_SUCCESS;
+}
+
+tpc_status_t tpc_gemm_handle_set_autotune(tpc_gemm_handle_t h, int candidates) {
+  const char* fn = "tpc_gemm_handle_set_autotune";
+  if (candidates < 0 || candidates > HEURISTIC_RESULTS)
+    return tpc_error(NULL, TPC_ERR_INVALID_ARGUMENT, "%s: candidates=%d (must be 0..%d)", fn, candidates, HEURISTIC_RESULTS);
+  TPC_CHECK(check_handle(fn, h));
+  pthread_mutex_lock(&h->lock);
+  tpc_status_t res = TPC_SUCCESS;
+  for (int i = 0; i < 2 && candidates > 1; i++) {
+    if (h->ev[i]) continue;
+    cudaError_t err = cudaEventCreate(&h->ev[i]);
+    if (err != cudaSuccess) {
+      h->ev[i] = NULL;
+      (void)cudaGetLastError();
+      res = tpc_error(NULL, TPC_ERR_CUDA, "%s: cudaEventCreate failed: %s", fn, cudaGetErrorString(err));
+      break;
+    }
+  }
+  if (res == TPC_SUCCESS) h->autotune = candidates;
+  pthread_mutex_unlock(&h->lock);
+  return res;
 }
 
 /* ---- 16-bit GEMMs ---------------------------------------------------------------------------------------- */

@@ -107,6 +107,13 @@ tpc_status_t tpc_gemm_handle_destroy(tpc_gemm_handle_t handle);
  * (both may be NULL). A repeated shape adds neither. */
 tpc_status_t tpc_gemm_handle_stats(tpc_gemm_handle_t handle, int64_t* plans, int64_t* heuristic_queries);
 
+/* Autotuning, off by default (0 or 1: the heuristic's first algorithm). candidates > 1 (at most 16): when
+ * a plan is made outside graph capture, up to that many of cuBLASLt's candidates are timed on the call's
+ * own operands (a warm-up and 3 runs each; the stream is synchronized, so the first call of each shape
+ * blocks) and the fastest is kept. Plans made earlier keep their algorithm. Still one heuristic query per
+ * plan. */
+tpc_status_t tpc_gemm_handle_set_autotune(tpc_gemm_handle_t handle, int candidates);
+
 /* y = x . W^T (see above). */
 tpc_status_t tpc_gemm(tpc_gemm_handle_t handle, int64_t m, int64_t n, int64_t k, const void* x, int64_t x_ld,
                       const void* w, int64_t w_ld, void* y, int64_t y_ld, tpc_dtype_t dtype, cudaStream_t stream);

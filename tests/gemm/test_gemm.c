@@ -207,6 +207,9 @@ Test(gemm_args, handle) {
   TPC_OK(tpc_gemm_handle_destroy(NULL));
   int64_t plans;
   ASSERT_ERR(tpc_gemm_handle_stats(NULL, &plans, NULL), TPC_ERR_INVALID_ARGUMENT, "handle is NULL");
+  ASSERT_ERR(tpc_gemm_handle_set_autotune(NULL, 4), TPC_ERR_INVALID_ARGUMENT, "handle is NULL");
+  ASSERT_ERR(tpc_gemm_handle_set_autotune(NULL, 17), TPC_ERR_INVALID_ARGUMENT, "candidates=17");
+  ASSERT_ERR(tpc_gemm_handle_set_autotune(NULL, -1), TPC_ERR_INVALID_ARGUMENT, "candidates=-1");
   const char* why = "";
   if (tpc_test_gpu_count(&why) == 0) {
     tpc_gemm_handle_t h = (tpc_gemm_handle_t)P16;
@@ -683,6 +686,31 @@ Test(gemm_gpu, heuristics_are_queried_once_per_shape) {
   cudaFree(y);
   mat_free(&x);
   mat_free(&w);
+  TPC_OK(tpc_gemm_handle_destroy(h));
+}
+
+Test(gemm_gpu, autotuned_plans_are_right_and_queried_once) {
+  need_gpu();
+  tpc_gemm_handle_t h;
+  TPC_OK(tpc_gemm_handle_create(&h, 0));
+  TPC_OK(tpc_gemm_handle_set_autotune(h, 16));
+  const int64_t shapes[][3] = {{16, 3336, 2304}, {1, 1024, 2304}, {300, 136, 72}};
+  for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+    const int64_t m = shapes[s][0], n = shapes[s][1], k = shapes[s][2];
+    mat_t x = mat_random(m, k, k, 0, 1.0f), w = mat_random(n, k, k, 0, 1.0f);
+    void* y = out_poisoned(m, n, 2);
+    for (int rep = 0; rep < 3; rep++) TPC_OK(tpc_gemm(h, m, n, k, x.d, k, w.d, k, y, n, TPC_BFLOAT16, 0));
+    float* got = out_fetch(y, m, n, n, 0, 0);
+    check_gemm("autotuned tpc_gemm", got, n, &x, &w, m, n, k, 0);
+    free(got);
+    cudaFree(y);
+    mat_free(&x);
+    mat_free(&w);
+  }
+  int64_t plans = 0, queries = 0;
+  TPC_OK(tpc_gemm_handle_stats(h, &plans, &queries));
+  cr_assert_eq(plans, 3);
+  cr_assert_eq(queries, 3, "autotuning must not query the heuristic again (%lld queries)", (long long)queries);
   TPC_OK(tpc_gemm_handle_destroy(h));
 }
 
