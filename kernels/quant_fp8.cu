@@ -21,6 +21,9 @@
  *          cudaFuncSetAttribute). Each thread reads back only the vectors it wrote itself.
  *   TWO_PASS quant_two_pass_kernel<T>: as SMEM without the staging; the row is read twice.
  *   static quant_static_kernel<T>: one vector per thread per row, grid (vectors, rows).
+ * Grids are capped near the resident capacity (WARP 16 blocks per SM, BLOCK 2x the thread limit, SMEM the
+ * blocks whose rows fit in shared memory at once, TWO_PASS 4) and every kernel loops over rows, so blocks
+ * handle several rows in turn on large inputs.
  * Block reductions are race-free by construction: every warp writes its own slot s_red[warp], and after a
  * barrier every warp reduces all slots itself, so there is no shared "scale" variable that several warps
  * write; a barrier at the start of each reduction keeps a fast warp from overwriting slots a slow warp is
@@ -453,23 +456,30 @@ void launch_cfg(cudaLaunchConfig_t* cfg, cudaLaunchAttribute* attr, dim3 grid, d
   cfg->numAttrs = 0;
 }
 
-unsigned grid_of(int64_t n) { return (unsigned)(n < 1 ? 1 : (n > (1 << 30) ? (1 << 30) : n)); }
+/* Blocks for `work` blocks' worth of rows, at most `per_sm` per SM: the kernels loop over rows (grid
+ * stride), so a large input runs on a bounded, mostly resident grid and a block handles several rows in
+ * turn (which is also what exercises the reuse of the reduction slots). */
+unsigned grid_of(int64_t work, const DevInfo& d, int per_sm) {
+  const int64_t cap = (int64_t)d.sms * (per_sm > 0 ? per_sm : 1);
+  return (unsigned)(work < 1 ? 1 : (work > cap ? cap : work));
+}
 
 template <typename T, int VPT>
-cudaError_t launch_warp(const QuantArgs& a, int pdl, cudaStream_t stream) {
+cudaError_t launch_warp(const DevInfo& d, const QuantArgs& a, int pdl, cudaStream_t stream) {
   cudaLaunchConfig_t cfg;
   cudaLaunchAttribute attr[1];
   const int64_t rows_per_block = kWarpThreads / 32;
-  launch_cfg(&cfg, attr, dim3(grid_of((a.rows + rows_per_block - 1) / rows_per_block)), dim3(kWarpThreads), 0, stream);
+  launch_cfg(&cfg, attr, dim3(grid_of((a.rows + rows_per_block - 1) / rows_per_block, d, 16)), dim3(kWarpThreads), 0,
+             stream);
   cfg.numAttrs = pdl;
   return cudaLaunchKernelEx(&cfg, quant_warp_kernel<T, VPT>, a);
 }
 
 template <typename T, int VPT>
-cudaError_t launch_block(const QuantArgs& a, int threads, int pdl, cudaStream_t stream) {
+cudaError_t launch_block(const DevInfo& d, const QuantArgs& a, int threads, int pdl, cudaStream_t stream) {
   cudaLaunchConfig_t cfg;
   cudaLaunchAttribute attr[1];
-  launch_cfg(&cfg, attr, dim3(grid_of(a.rows)), dim3((unsigned)threads), 0, stream);
+  launch_cfg(&cfg, attr, dim3(grid_of(a.rows, d, 2 * 2048 / threads)), dim3((unsigned)threads), 0, stream);
   cfg.numAttrs = pdl;
   return cudaLaunchKernelEx(&cfg, quant_block_kernel<T, VPT>, a);
 }
@@ -480,11 +490,11 @@ cudaError_t launch_per_token(const DevInfo& d, int dev, tpc_quant_path_t path, c
   switch (path) {
     case TPC_QUANT_PATH_WARP: {
       const int64_t need = (a.nvec + 31) / 32;
-      if (need <= 1) return launch_warp<T, 1>(a, pdl, stream);
-      if (need <= 2) return launch_warp<T, 2>(a, pdl, stream);
-      if (need <= 4) return launch_warp<T, 4>(a, pdl, stream);
-      if (need <= 8) return launch_warp<T, 8>(a, pdl, stream);
-      return launch_warp<T, 16>(a, pdl, stream);
+      if (need <= 1) return launch_warp<T, 1>(d, a, pdl, stream);
+      if (need <= 2) return launch_warp<T, 2>(d, a, pdl, stream);
+      if (need <= 4) return launch_warp<T, 4>(d, a, pdl, stream);
+      if (need <= 8) return launch_warp<T, 8>(d, a, pdl, stream);
+      return launch_warp<T, 16>(d, a, pdl, stream);
     }
     case TPC_QUANT_PATH_BLOCK: {
       /* the fewest vectors per thread that fit in kBlockMaxThreads threads: most parallelism per row */
@@ -492,10 +502,10 @@ cudaError_t launch_per_token(const DevInfo& d, int dev, tpc_quant_path_t path, c
       while ((a.nvec + vpt - 1) / vpt > kBlockMaxThreads) vpt *= 2;
       const int threads = (int)(((a.nvec + vpt - 1) / vpt + 31) / 32 * 32);
       switch (vpt) {
-        case 1: return launch_block<T, 1>(a, threads, pdl, stream);
-        case 2: return launch_block<T, 2>(a, threads, pdl, stream);
-        case 4: return launch_block<T, 4>(a, threads, pdl, stream);
-        default: return launch_block<T, 8>(a, threads, pdl, stream);
+        case 1: return launch_block<T, 1>(d, a, threads, pdl, stream);
+        case 2: return launch_block<T, 2>(d, a, threads, pdl, stream);
+        case 4: return launch_block<T, 4>(d, a, threads, pdl, stream);
+        default: return launch_block<T, 8>(d, a, threads, pdl, stream);
       }
     }
     case TPC_QUANT_PATH_SMEM: {
@@ -513,7 +523,8 @@ cudaError_t launch_per_token(const DevInfo& d, int dev, tpc_quant_path_t path, c
       const int threads = a.nvec >= kBigThreads ? kBigThreads : (int)((a.nvec + 31) / 32 * 32);
       cudaLaunchConfig_t cfg;
       cudaLaunchAttribute attr[1];
-      launch_cfg(&cfg, attr, dim3(grid_of(a.rows)), dim3((unsigned)threads), (size_t)a.nvec * 16, stream);
+      const int per_sm = (int)((int64_t)d.smem_optin / (a.nvec * 16 + kSmemReserve)); /* resident blocks */
+      launch_cfg(&cfg, attr, dim3(grid_of(a.rows, d, per_sm)), dim3((unsigned)threads), (size_t)a.nvec * 16, stream);
       cfg.numAttrs = pdl;
       return cudaLaunchKernelEx(&cfg, quant_smem_kernel<T>, a);
     }
@@ -521,7 +532,7 @@ cudaError_t launch_per_token(const DevInfo& d, int dev, tpc_quant_path_t path, c
       cudaLaunchConfig_t cfg;
       cudaLaunchAttribute attr[1];
       const int threads = a.nvec >= kBigThreads ? kBigThreads : (int)((a.nvec + 31) / 32 * 32);
-      launch_cfg(&cfg, attr, dim3(grid_of(a.rows)), dim3((unsigned)threads), 0, stream);
+      launch_cfg(&cfg, attr, dim3(grid_of(a.rows, d, 4)), dim3((unsigned)threads), 0, stream);
       cfg.numAttrs = pdl;
       return cudaLaunchKernelEx(&cfg, quant_two_pass_kernel<T>, a);
     }

@@ -472,6 +472,17 @@ Test(quant_gpu, per_token_every_path_and_tail, .timeout = 600) {
         }
 }
 
+Test(quant_gpu, blocks_loop_over_rows, .timeout = 600) {
+  need_gpu();
+  /* more rows than each path's capped grid holds: every block (or warp) quantizes several rows in turn */
+  quant_case(20000, 64, 0, TPC_QUANT_PATH_WARP, 64, 64, 0);
+  quant_case(20000, 61, 1, TPC_QUANT_PATH_WARP, 61, 61, 0);
+  quant_case(2000, 4097, 0, TPC_QUANT_PATH_BLOCK, 4104, 4104, 0);
+  quant_case(10000, 300, 1, TPC_QUANT_PATH_BLOCK, 304, 304, 0);
+  quant_case(2000, 1000, 0, TPC_QUANT_PATH_TWO_PASS, 1000, 1000, 0);
+  quant_case(12000, 1000, 1, TPC_QUANT_PATH_SMEM, 1000, 1000, 0);
+}
+
 Test(quant_gpu, misaligned_and_strided_rows) {
   need_gpu();
   const int64_t hiddens[] = {1, 13, 1368, 4099};
@@ -497,7 +508,8 @@ Test(quant_gpu, shared_memory_path_is_reachable_and_exact, .timeout = 600) {
   cr_assert_eq(path, TPC_QUANT_PATH_BLOCK, "16 x 4096 should use the block path, got %s", tpc_quant_path_name(path));
   TPC_OK(tpc_quant_fp8_per_token_path(4, 200000, TPC_FLOAT16, &path));
   cr_assert_eq(path, TPC_QUANT_PATH_TWO_PASS, "hidden 200000 should take two passes, got %s", tpc_quant_path_name(path));
-  /* many rows per block in turn (grid-stride over 300 rows) exercise the reuse of the reduction slots */
+  /* 300 rows of 80 KB: more rows than resident blocks (2 per SM), so blocks take several rows in turn and
+   * reuse their reduction slots and their shared-memory row */
   quant_case(300, 40000, 0, TPC_QUANT_PATH_AUTO, 40000, 40000, 0);
   quant_case(300, 40001, 1, TPC_QUANT_PATH_SMEM, 40008, 40008, 0);
   quant_case(7, 200000, 0, TPC_QUANT_PATH_AUTO, 200000, 200008, 0);
