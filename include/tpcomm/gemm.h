@@ -159,7 +159,8 @@ tpc_status_t tpc_merged_linear_info(tpc_merged_linear_t ml, int* num, int64_t* n
  *
  * xq [m, k] and wq [n, k] are e4m3 (as written by tpc_quant_fp8_per_token, which applied to the weight
  * gives w_scales); y is bf16, fp16 or fp32 (out_dtype). cuBLASLt's FP8 rules apply: k, x_ld and w_ld
- * multiples of 16, xq and wq 16-byte aligned.
+ * multiples of 16, xq and wq 16-byte aligned (checked); keep the rows of y 16-byte multiples too (n and
+ * y_ld), or cuBLASLt may answer TPC_ERR_UNSUPPORTED.
  *
  * Two implementations (`scaling`):
  *   TPC_FP8_SCALING_OUTER_VEC: one cuBLASLt matmul with CUBLASLT_MATMUL_DESC_{A,B}_SCALE_MODE =
