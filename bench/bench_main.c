@@ -15,6 +15,8 @@ int bench_tp_qknorm(int argc, char** argv);
 void bench_tp_qknorm_usage(FILE* f);
 int bench_kernels_norm(int argc, char** argv);
 void bench_kernels_norm_usage(FILE* f);
+int bench_kernels_gemm(int argc, char** argv);
+void bench_kernels_gemm_usage(FILE* f);
 
 typedef struct {
   const char* name;
@@ -32,6 +34,8 @@ static const bench_command_t k_commands[] = {
     {"kernels-norm", "single-GPU norm kernels (QK-RMSNorm per head and across heads, RMSNorm, fused add) vs the "
                      "memory floor",
      bench_kernels_norm, bench_kernels_norm_usage},
+    {"kernels-gemm", "FP8 quantization and cuBLASLt GEMMs (merged, batched, FP8) vs memory floors", bench_kernels_gemm,
+     bench_kernels_gemm_usage},
 };
 enum { NUM_COMMANDS = sizeof k_commands / sizeof k_commands[0] };
 
