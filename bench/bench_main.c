@@ -18,6 +18,31 @@ void bench_kernels_norm_usage(FILE* f);
 int bench_kernels_gemm(int argc, char** argv);
 void bench_kernels_gemm_usage(FILE* f);
 
+/* `kernels`: every single-GPU kernel benchmark, one after the other (kernels-norm, then kernels-gemm).
+ * `--json PREFIX` writes PREFIX-norm.json and PREFIX-gemm.json. */
+static int bench_kernels(int argc, char** argv) {
+  char norm_path[1024] = "", gemm_path[1024] = "";
+  if (argc == 3 && (!strcmp(argv[1], "--json") || !strcmp(argv[1], "-J"))) {
+    snprintf(norm_path, sizeof norm_path, "%s-norm.json", argv[2]);
+    snprintf(gemm_path, sizeof gemm_path, "%s-gemm.json", argv[2]);
+  } else if (argc != 1) {
+    fprintf(stderr, "%s kernels: only --json PREFIX is accepted; use kernels-norm / kernels-gemm for options\n",
+            BENCH_PROGRAM);
+    return BENCH_EXIT_USAGE;
+  }
+  char* norm_argv[] = {"kernels-norm", "--json", norm_path, NULL};
+  char* gemm_argv[] = {"kernels-gemm", "--json", gemm_path, NULL};
+  const int n = norm_path[0] ? 3 : 1;
+  int rc = bench_kernels_norm(n, norm_argv);
+  bench_getopt_reset();
+  int rc2 = bench_kernels_gemm(n, gemm_argv);
+  return rc > rc2 ? rc : rc2;
+}
+static void bench_kernels_usage(FILE* f) {
+  fprintf(f, "Usage: %s kernels [--json PREFIX]\n  runs kernels-norm and kernels-gemm with their defaults\n",
+          BENCH_PROGRAM);
+}
+
 typedef struct {
   const char* name;
   const char* summary;
@@ -31,6 +56,8 @@ static const bench_command_t k_commands[] = {
      bench_allreduce, bench_allreduce_usage},
     {"tp_qknorm", "tensor-parallel QK-RMSNorm: fused vs partial sums + all-reduce (NCCL or ours) + apply",
      bench_tp_qknorm, bench_tp_qknorm_usage},
+    {"kernels", "every single-GPU kernel benchmark (kernels-norm, then kernels-gemm)", bench_kernels,
+     bench_kernels_usage},
     {"kernels-norm", "single-GPU norm kernels (QK-RMSNorm per head and across heads, RMSNorm, fused add) vs the "
                      "memory floor",
      bench_kernels_norm, bench_kernels_norm_usage},

@@ -49,8 +49,7 @@ step_mpibench() {
     $B/tpcomm-bench allreduce ${MPI_BENCH_ARGS:--b 8 -e 256M -f 4} --graph
 }
 step_kbench() { # single-GPU kernels (device 0)
-  $B/tpcomm-bench kernels-norm --json "$OUT/kernels_norm.json"
-  $B/tpcomm-bench kernels-gemm --json "$OUT/kernels_gemm.json"
+  $B/tpcomm-bench kernels --json "$OUT/kernels"
 }
 step_kanchors() { # PyTorch baselines of the single-GPU kernels, same machine, same call
   PYTHONUNBUFFERED=1 python3 .devdeps/anchor_kernels_compiled.py
