@@ -180,7 +180,7 @@ static bench_rc_t run_shape(bench_ctx_t* ctx, const qk_opts_t* o, int64_t qg, in
     }
     *wrong_total += wrong;
     tpc_qknorm_path_t chosen = TPC_QKNORM_UNFUSED;
-    BENCH_CHECK_TPC(ctx, tpc_tp_qk_rmsnorm_choice(ctx->comm, tokens, &chosen));
+    BENCH_CHECK_TPC(ctx, tpc_tp_qk_rmsnorm_choice(ctx->comm, tokens, o->graph, &chosen));
     const char* auto_path = chosen == TPC_QKNORM_FUSED ? "fused" : "unfused";
     bench_table_cell(tab, "%lld", (long long)qg);
     bench_table_cell(tab, "%lld", (long long)kg);

@@ -100,17 +100,19 @@ static tpc_status_t run_unfused(struct tpc_comm* c, tpc_qk_problem_t p, tpc_algo
   return tpc_order_after(c, stream, capture_id);
 }
 
-/* auto: fused where the arena can exchange the tokens and measurements say it wins (docs/benchmarks.md). */
-static tpc_qknorm_path_t auto_path(const struct tpc_comm* c, int64_t tokens) {
+/* auto: fused where the arena can exchange the tokens and measurements say it wins (docs/benchmarks.md,
+ * 2 x H200): up to 256 tokens inside a CUDA graph, up to 1024 eagerly, where the unfused path pays three
+ * launches; TPCOMM_QKNORM_FUSED_MAX_TOKENS sets one limit for both. */
+static tpc_qknorm_path_t auto_path(const struct tpc_comm* c, int64_t tokens, int graph) {
   const int custom = c->transport == TPC_TRANSPORT_CUSTOM && c->arena != NULL;
-  return custom && tokens <= c->qknorm_max_tokens && tokens <= c->qknorm_fused_max_tokens ? TPC_QKNORM_FUSED
-                                                                                           : TPC_QKNORM_UNFUSED;
+  const int64_t limit = c->qknorm_fused_max_tokens >= 0 ? c->qknorm_fused_max_tokens : graph ? 256 : 1024;
+  return custom && tokens <= c->qknorm_max_tokens && tokens <= limit ? TPC_QKNORM_FUSED : TPC_QKNORM_UNFUSED;
 }
 
-tpc_status_t tpc_tp_qk_rmsnorm_choice(tpc_comm_t comm, int64_t num_tokens, tpc_qknorm_path_t* path) {
+tpc_status_t tpc_tp_qk_rmsnorm_choice(tpc_comm_t comm, int64_t num_tokens, int graph, tpc_qknorm_path_t* path) {
   TPC_CHECK(tpc_comm_check(comm, "tpc_tp_qk_rmsnorm_choice"));
   if (!path) return tpc_error(comm, TPC_ERR_INVALID_ARGUMENT, "tpc_tp_qk_rmsnorm_choice: path is NULL");
-  *path = auto_path(comm, num_tokens);
+  *path = auto_path(comm, num_tokens, graph);
   return TPC_SUCCESS;
 }
 
@@ -127,7 +129,11 @@ tpc_status_t tpc_tp_qk_rmsnorm_path(tpc_comm_t comm, void* q, void* k, const voi
 
   const int custom = comm->transport == TPC_TRANSPORT_CUSTOM && comm->arena != NULL;
   const int fits = num_tokens <= comm->qknorm_max_tokens;
-  if (path == TPC_QKNORM_AUTO) path = auto_path(comm, num_tokens);
+  if (path == TPC_QKNORM_AUTO) {
+    enum cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
+    if (cudaStreamIsCapturing(stream, &cs) != cudaSuccess) cudaGetLastError(); /* checked again below */
+    path = auto_path(comm, num_tokens, cs == cudaStreamCaptureStatusActive);
+  }
   if (path == TPC_QKNORM_FUSED && !(custom && fits))
     return tpc_error(comm, TPC_ERR_UNSUPPORTED, "%s: the fused path needs the custom transport (%s) and num_tokens=%lld "
                      "<= TPCOMM_QKNORM_MAX_TOKENS=%lld", k_fn, comm->transport_reason, (long long)num_tokens,

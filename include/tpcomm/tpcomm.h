@@ -189,8 +189,8 @@ tpc_status_t tpc_tp_qk_rmsnorm_path(tpc_comm_t comm, void* q, void* k, const voi
                                     int64_t k_stride, float eps, tpc_dtype_t dtype, tpc_qknorm_path_t path,
                                     cudaStream_t stream);
 
-/* The path tpc_tp_qk_rmsnorm takes for num_tokens (TPC_QKNORM_FUSED or TPC_QKNORM_UNFUSED). */
-tpc_status_t tpc_tp_qk_rmsnorm_choice(tpc_comm_t comm, int64_t num_tokens, tpc_qknorm_path_t* path);
+/* The path tpc_tp_qk_rmsnorm takes for num_tokens, eagerly (graph=0) or in a capture (graph=1). */
+tpc_status_t tpc_tp_qk_rmsnorm_choice(tpc_comm_t comm, int64_t num_tokens, int graph, tpc_qknorm_path_t* path);
 
 /* NUMA binding (what tpcomm-run --bind numa does; for ranks started by mpirun or a server).
  * tpc_gpu_numa_node: the NUMA node of CUDA device `device` from sysfs (-1 when the machine has none).
