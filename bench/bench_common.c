@@ -8,6 +8,8 @@
 #define _GNU_SOURCE
 #include "bench_common.h"
 
+#include "half_ref.h"
+
 #include <ctype.h>
 #include <errno.h>
 #include <getopt.h>
@@ -189,60 +191,13 @@ double bench_dtype_eps(tpc_dtype_t dtype) {
   }
 }
 
-uint16_t bench_f32_to_bf16(float f) {
-  uint32_t u;
-  memcpy(&u, &f, 4);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40); /* quiet NaN */
-  u += 0x7fffu + ((u >> 16) & 1u);                                            /* round to nearest even */
-  return (uint16_t)(u >> 16);
-}
+uint16_t bench_f32_to_bf16(float f) { return href_f32_to_bf16(f); }
 
-float bench_bf16_to_f32(uint16_t h) {
-  uint32_t u = (uint32_t)h << 16;
-  float f;
-  memcpy(&f, &u, 4);
-  return f;
-}
+float bench_bf16_to_f32(uint16_t h) { return href_bf16_to_f32(h); }
 
-uint16_t bench_f32_to_f16(float f) {
-  /* round to nearest even; normals, subnormals, inf and NaN */
-  uint32_t x;
-  memcpy(&x, &f, 4);
-  uint32_t sign = (x >> 16) & 0x8000u;
-  uint32_t mant = x & 0x007fffffu;
-  int32_t exp = (int32_t)((x >> 23) & 0xff);
-  if (exp == 0xff) return (uint16_t)(sign | 0x7c00u | (mant ? 0x200u : 0));
-  int32_t e = exp - 127 + 15;
-  if (e >= 0x1f) return (uint16_t)(sign | 0x7c00u);
-  if (e <= 0) {
-    if (e < -10) return (uint16_t)sign;
-    mant |= 0x00800000u;
-    uint32_t shift = (uint32_t)(14 - e);
-    uint32_t half = mant >> shift;
-    uint32_t rem = mant & ((1u << shift) - 1);
-    uint32_t mid = 1u << (shift - 1);
-    if (rem > mid || (rem == mid && (half & 1))) half++;
-    return (uint16_t)(sign | half);
-  }
-  uint32_t h = sign | ((uint32_t)e << 10) | (mant >> 13);
-  uint32_t rem = mant & 0x1fffu;
-  if (rem > 0x1000u || (rem == 0x1000u && (h & 1))) h++;
-  return (uint16_t)h;
-}
+uint16_t bench_f32_to_f16(float f) { return href_f32_to_f16(f); }
 
-float bench_f16_to_f32(uint16_t h) {
-  uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
-  uint32_t exp = (h >> 10) & 0x1f;
-  uint32_t mant = h & 0x3ffu;
-  float f;
-  if (exp == 0) {
-    f = ldexpf((float)mant, -24);
-    return sign ? -f : f;
-  }
-  uint32_t u = exp == 0x1f ? (sign | 0x7f800000u | (mant << 13)) : (sign | ((exp - 15 + 127) << 23) | (mant << 13));
-  memcpy(&f, &u, 4);
-  return f;
-}
+float bench_f16_to_f32(uint16_t h) { return href_f16_to_f32(h); }
 
 float bench_round_to_dtype(float x, tpc_dtype_t dtype) {
   switch (dtype) {

@@ -37,11 +37,6 @@
 #include "quant_ref.h"
 #include "tpcomm/gemm.h"
 
-/* The CPU references are compiled into this file: tpcomm-bench has tests/ref on its include path but builds
- * only the sources of bench/. Should the bench target ever compile tests/ref's sources, drop these lines. */
-#include "gemm_ref.c"
-#include "quant_ref.c"
-
 #define KG_CMD "kernels-gemm"
 #define KG_K 2304
 #define KG_NUM_PROJ 6

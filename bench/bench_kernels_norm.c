@@ -13,9 +13,8 @@
  * The PyTorch equivalents are run separately (anchors/anchor_kernels_compiled.py for the QK shapes); the
  * JSON records carry every shape parameter so the two can be joined.
  *
- * Relies on: bench_common (job setup, timing, table, JSON); tests/ref/norm_ref.c compiled into this file
- * (#include below: the bench target compiles bench/ only and has tests/ref on its include path). The
- * kernels are single-GPU: under a launcher every rank runs the same shapes on its own GPU and rank 0
+ * Relies on: bench_common (job setup, timing, table, JSON); tests/ref/norm_ref.c (linked into tpcomm-bench,
+ * shared with tests/norms). The kernels are single-GPU: under a launcher every rank runs the same shapes on its own GPU and rank 0
  * prints. */
 #include <getopt.h>
 #include <math.h>
@@ -25,7 +24,7 @@
 #include <cuda_runtime_api.h>
 
 #include "bench_common.h"
-#include "norm_ref.c" /* the CPU references shared with tests/norms (see the file comment) */
+#include "norm_ref.h" /* the CPU references shared with tests/norms */
 #include "tpcomm/kernels.h"
 
 #define KN_CMD "kernels-norm"

@@ -7,65 +7,14 @@
 #include <math.h>
 #include <string.h>
 
-static float bits_to_float(uint32_t u) {
-  float f;
-  memcpy(&f, &u, 4);
-  return f;
-}
-
-static uint32_t float_to_bits(float f) {
-  uint32_t u;
-  memcpy(&u, &f, 4);
-  return u;
-}
-
-static uint16_t f32_to_bf16(float f) {
-  uint32_t u = float_to_bits(f);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40); /* quiet NaN */
-  u += 0x7fffu + ((u >> 16) & 1u);                                          /* round to nearest even */
-  return (uint16_t)(u >> 16);
-}
-
-static uint16_t f32_to_f16(float f) {
-  const uint32_t x = float_to_bits(f);
-  const uint32_t sign = (x >> 16) & 0x8000u;
-  uint32_t mant = x & 0x007fffffu;
-  const int32_t exp = (int32_t)((x >> 23) & 0xff);
-  if (exp == 0xff) return (uint16_t)(sign | 0x7c00u | (mant ? 0x200u : 0));
-  const int32_t e = exp - 127 + 15;
-  if (e >= 0x1f) return (uint16_t)(sign | 0x7c00u);
-  if (e <= 0) { /* subnormal half (or zero) */
-    if (e < -10) return (uint16_t)sign;
-    mant |= 0x00800000u;
-    const uint32_t shift = (uint32_t)(14 - e);
-    uint32_t half = mant >> shift;
-    const uint32_t rem = mant & ((1u << shift) - 1), mid = 1u << (shift - 1);
-    if (rem > mid || (rem == mid && (half & 1))) half++;
-    return (uint16_t)(sign | half);
-  }
-  uint32_t h = sign | ((uint32_t)e << 10) | (mant >> 13);
-  const uint32_t rem = mant & 0x1fffu;
-  if (rem > 0x1000u || (rem == 0x1000u && (h & 1))) h++; /* may carry into the exponent: correct, up to inf */
-  return (uint16_t)h;
-}
-
-static float f16_to_f32(uint16_t h) {
-  const uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
-  const uint32_t exp = (h >> 10) & 0x1f, mant = h & 0x3ffu;
-  if (exp == 0) {
-    const float f = ldexpf((float)mant, -24);
-    return sign ? -f : f;
-  }
-  if (exp == 0x1f) return bits_to_float(sign | 0x7f800000u | (mant << 13));
-  return bits_to_float(sign | ((exp - 15 + 127) << 23) | (mant << 13));
-}
+#include "half_ref.h"
 
 float tpc_ref_to_float(uint16_t h, tpc_dtype_t dtype) {
-  return dtype == TPC_BFLOAT16 ? bits_to_float((uint32_t)h << 16) : f16_to_f32(h);
+  return dtype == TPC_BFLOAT16 ? href_bf16_to_f32(h) : href_f16_to_f32(h);
 }
 
 uint16_t tpc_ref_from_float(float f, tpc_dtype_t dtype) {
-  return dtype == TPC_BFLOAT16 ? f32_to_bf16(f) : f32_to_f16(f);
+  return dtype == TPC_BFLOAT16 ? href_f32_to_bf16(f) : href_f32_to_f16(f);
 }
 
 void tpc_ref_rmsnorm_row(double* y, const uint16_t* x, const uint16_t* w, int64_t n, float eps, tpc_dtype_t dtype) {

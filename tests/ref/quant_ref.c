@@ -3,6 +3,8 @@
  * tricks, so it is an independent statement of the format. */
 #include "quant_ref.h"
 
+#include "half_ref.h"
+
 #include <float.h>
 #include <math.h>
 #include <string.h>
@@ -45,21 +47,9 @@ int tpc_ref_e4m3_same(uint8_t a, uint8_t b) {
   return a == b || (nan_a && nan_b);
 }
 
-float tpc_ref_bf16_to_f32(uint16_t h) {
-  const uint32_t u = (uint32_t)h << 16;
-  float f;
-  memcpy(&f, &u, sizeof f);
-  return f;
-}
+float tpc_ref_bf16_to_f32(uint16_t h) { return href_bf16_to_f32(h); }
 
-float tpc_ref_f16_to_f32(uint16_t h) {
-  const int sign = h >> 15, exp = (h >> 10) & 0x1f, man = h & 0x3ff;
-  float v;
-  if (exp == 0) v = ldexpf((float)man, -24);
-  else if (exp == 0x1f) v = man ? NAN : INFINITY;
-  else v = ldexpf(1.0f + (float)man / 1024.0f, exp - 15);
-  return sign ? -v : v;
-}
+float tpc_ref_f16_to_f32(uint16_t h) { return href_f16_to_f32(h); }
 
 float tpc_ref_half_to_f32(uint16_t h, int is_fp16) { return is_fp16 ? tpc_ref_f16_to_f32(h) : tpc_ref_bf16_to_f32(h); }
 

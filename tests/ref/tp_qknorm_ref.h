@@ -8,47 +8,10 @@
 #include <stdint.h>
 #include <string.h>
 
-/* bf16/fp16 <-> float, round to nearest even */
-static inline float qkref_h2f(uint16_t h, int bf16) {
-  if (bf16) {
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-  }
-  uint32_t sign = (uint32_t)(h & 0x8000u) << 16, exp = (h >> 10) & 0x1f, mant = h & 0x3ffu, u;
-  if (exp == 0) {
-    float f = ldexpf((float)mant, -24);
-    return sign ? -f : f;
-  }
-  u = exp == 0x1f ? (sign | 0x7f800000u | (mant << 13)) : (sign | ((exp - 15 + 127) << 23) | (mant << 13));
-  float f;
-  memcpy(&f, &u, 4);
-  return f;
-}
-static inline uint16_t qkref_f2h(float f, int bf16) {
-  uint32_t x;
-  memcpy(&x, &f, 4);
-  if (bf16) {
-    if ((x & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((x >> 16) | 0x40);
-    x += 0x7fffu + ((x >> 16) & 1u);
-    return (uint16_t)(x >> 16);
-  }
-  uint32_t sign = (x >> 16) & 0x8000u, mant = x & 0x007fffffu;
-  int32_t e = (int32_t)((x >> 23) & 0xff) - 127 + 15;
-  if (((x >> 23) & 0xff) == 0xff) return (uint16_t)(sign | 0x7c00u | (mant ? 0x200u : 0));
-  if (e >= 0x1f) return (uint16_t)(sign | 0x7c00u);
-  if (e <= 0) {
-    if (e < -10) return (uint16_t)sign;
-    mant |= 0x00800000u;
-    uint32_t shift = (uint32_t)(14 - e), half = mant >> shift, rem = mant & ((1u << shift) - 1), mid = 1u << (shift - 1);
-    if (rem > mid || (rem == mid && (half & 1))) half++;
-    return (uint16_t)(sign | half);
-  }
-  uint32_t h = sign | ((uint32_t)e << 10) | (mant >> 13), rem = mant & 0x1fffu;
-  if (rem > 0x1000u || (rem == 0x1000u && (h & 1))) h++;
-  return (uint16_t)h;
-}
+#include "half_ref.h"
+
+static inline float qkref_h2f(uint16_t h, int bf16) { return bf16 ? href_bf16_to_f32(h) : href_f16_to_f32(h); }
+static inline uint16_t qkref_f2h(float f, int bf16) { return bf16 ? href_f32_to_bf16(f) : href_f32_to_f16(f); }
 
 /* Deterministic values in [-2, 2): element i of stream (seed, rank, which) */
 static inline float qkref_value(uint64_t seed, int rank, int which, uint64_t i) {
