@@ -243,15 +243,8 @@ cudaError_t launch_typed(int algo, const tpc_ar_args_t* a, const void* in, void*
   if (threads > a->max_threads) threads = a->max_threads;
   const bool aligned = ((uintptr_t)in % 16 == 0) && ((uintptr_t)out % 16 == 0);
 
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3((unsigned)a->blocks);
-  cfg.blockDim = dim3((unsigned)threads);
-  cfg.stream = stream;
   cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = pdl ? 1 : 0;
+  cudaLaunchConfig_t cfg = pdl_launch_config(dim3((unsigned)a->blocks), dim3((unsigned)threads), 0, stream, pdl, attr);
   if (algo == 1)
     return cudaLaunchKernelEx(&cfg, oneshot_push_kernel<T>, *a, (const T*)in, (T*)out, count, aligned);
   return cudaLaunchKernelEx(&cfg, twoshot_pull_kernel<T>, *a, (const T*)in, (T*)out, count, aligned);

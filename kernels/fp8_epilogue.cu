@@ -18,22 +18,15 @@
 #include <stdint.h>
 
 #include <cuda_runtime_api.h>
+#include "pdl.cuh"
 
 namespace {
 
 constexpr int kThreads = 256;
 constexpr int kCols = 4;
 
-__device__ __forceinline__ void pdl_wait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void pdl_trigger() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
-}
+using tpc::pdl_trigger; /* kernels/pdl.cuh */
+using tpc::pdl_wait;
 
 template <typename T>
 struct Out;
@@ -105,15 +98,10 @@ extern "C" cudaError_t tpc_fp8_epilogue_launch(const float* acc, int64_t acc_ld,
   const int vec = (uintptr_t)acc % 16 == 0 && acc_ld % kCols == 0 && (uintptr_t)s_w % 16 == 0 &&
                   (uintptr_t)y % (kCols * out_size) == 0 && y_ld % kCols == 0;
   const int64_t groups = (n + kCols - 1) / kCols;
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3((unsigned)((groups + kThreads - 1) / kThreads), (unsigned)(m < 65535 ? m : 65535));
-  cfg.blockDim = dim3(kThreads);
-  cfg.stream = stream;
   cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = pdl ? 1 : 0;
+  cudaLaunchConfig_t cfg =
+      tpc::pdl_launch_config(dim3((unsigned)((groups + kThreads - 1) / kThreads), (unsigned)(m < 65535 ? m : 65535)),
+                             dim3(kThreads), 0, stream, pdl, attr);
   switch (out_dtype) {
     case 0:
       return cudaLaunchKernelEx(&cfg, fp8_epilogue_kernel<__nv_bfloat16>, acc, acc_ld, s_tok, s_w,

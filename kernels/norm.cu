@@ -59,6 +59,7 @@
 extern "C" {        /* the library's internal C headers (no guards of their own); system headers come first */
 #include "checks.h" /* TPC_CHECK, and debug.h: tpc_error */
 #include "param.h"  /* tpc_param_resolve(TPC_P_PDL) */
+#include "pdl.cuh"
 }
 
 #ifndef TPC_NORM_PDL_EARLY_TRIGGER
@@ -179,16 +180,8 @@ __device__ __forceinline__ void st8(uint16_t* p, const uint4& v, int valid) {
   }
 }
 
-__device__ __forceinline__ void pdl_wait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void pdl_trigger() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
-}
+using tpc::pdl_trigger; /* kernels/pdl.cuh */
+using tpc::pdl_wait;
 
 /* ---- rows --------------------------------------------------------------------------------------------- */
 struct RowSeg {
@@ -462,16 +455,8 @@ tpc_status_t launch_setup(const char* fn, DevInfo* d, bool* pdl) {
 template <typename Kernel, typename Args>
 tpc_status_t launch(const char* fn, Kernel kernel, int64_t grid, int block, bool pdl, cudaStream_t stream,
                     const Args& args) {
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3((unsigned)grid);
-  cfg.blockDim = dim3((unsigned)block);
-  cfg.dynamicSmemBytes = 0;
-  cfg.stream = stream;
   cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = pdl ? 1 : 0;
+  cudaLaunchConfig_t cfg = tpc::pdl_launch_config(dim3((unsigned)grid), dim3((unsigned)block), 0, stream, pdl, attr);
   const cudaError_t err = cudaLaunchKernelEx(&cfg, kernel, args);
   if (err != cudaSuccess) return cuda_fail(fn, "cudaLaunchKernelEx", err);
   return TPC_SUCCESS;

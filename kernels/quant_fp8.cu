@@ -45,6 +45,7 @@
 extern "C" {
 #include "debug.h"
 #include "param.h"
+#include "pdl.cuh"
 }
 #include "tpcomm/gemm.h"
 
@@ -70,16 +71,8 @@ struct QuantArgs {
 };
 
 /* ---- PDL ------------------------------------------------------------------------------------------------- */
-__device__ __forceinline__ void pdl_wait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void pdl_trigger() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
-}
+using tpc::pdl_trigger; /* kernels/pdl.cuh */
+using tpc::pdl_wait;
 
 /* ---- element conversions ----------------------------------------------------------------------------------- */
 template <typename T>
@@ -445,15 +438,7 @@ const char* path_refusal(const DevInfo& d, tpc_quant_path_t path, int64_t nvec) 
 /* A launch of grid x block on stream; the PDL attribute is filled in but off until cfg->numAttrs = 1. */
 void launch_cfg(cudaLaunchConfig_t* cfg, cudaLaunchAttribute* attr, dim3 grid, dim3 block, size_t smem,
                 cudaStream_t stream) {
-  *cfg = cudaLaunchConfig_t{};
-  cfg->gridDim = grid;
-  cfg->blockDim = block;
-  cfg->dynamicSmemBytes = smem;
-  cfg->stream = stream;
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  cfg->attrs = attr;
-  cfg->numAttrs = 0;
+  *cfg = tpc::pdl_launch_config(grid, block, smem, stream, 0, attr);
 }
 
 /* Blocks for `work` blocks' worth of rows, at most `per_sm` per SM: the kernels loop over rows (grid

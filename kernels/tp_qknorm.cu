@@ -259,15 +259,7 @@ static void shape(int nv, int* threads, int* J) {
 }
 
 static cudaLaunchConfig_t config(int blocks, int threads, int pdl, cudaStream_t stream, cudaLaunchAttribute* attr) {
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3((unsigned)blocks);
-  cfg.blockDim = dim3((unsigned)threads);
-  cfg.stream = stream;
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = pdl ? 1 : 0;
-  return cfg;
+  return pdl_launch_config(dim3((unsigned)blocks), dim3((unsigned)threads), 0, stream, pdl, attr);
 }
 
 template <typename T, int J>
