@@ -43,8 +43,8 @@ const tpc_param_desc_t tpc_params[TPC_NUM_PARAMS] = {
                                  "chunks (unfused)."},
     [TPC_P_QKNORM_FUSED_MAX_TOKENS] = {"TPCOMM_QKNORM_FUSED_MAX_TOKENS", TPC_PARAM_INT, "",
                                        "tpc_tp_qk_rmsnorm uses the fused kernel up to this many tokens, the unfused "
-                                       "path (partial sums, all-reduce, apply) above. Default: 256 inside a CUDA "
-                                       "graph, 1024 eagerly (measured, docs/benchmarks.md)."},
+                                       "path (partial sums, all-reduce, apply) above. Default: 2048, inside a "
+                                       "CUDA graph and eagerly (measured, docs/benchmarks.md)."},
     [TPC_P_NVLINK_REQUIRED] = {"TPCOMM_NVLINK_REQUIRED", TPC_PARAM_BOOL, "",
                                "1: require NVLink between every pair for the custom kernels; 0: P2P over PCIe is "
                                "enough. Default: required for more than 2 ranks."},

@@ -101,11 +101,13 @@ static tpc_status_t run_unfused(struct tpc_comm* c, tpc_qk_problem_t p, tpc_algo
 }
 
 /* auto: fused where the arena can exchange the tokens and measurements say it wins (docs/benchmarks.md,
- * 2 x H200): up to 256 tokens inside a CUDA graph, up to 1024 eagerly, where the unfused path pays three
- * launches; TPCOMM_QKNORM_FUSED_MAX_TOKENS sets one limit for both. */
+ * 2 x H200): up to 2048 tokens, inside a CUDA graph and eagerly alike (the fused kernel holds every token
+ * in one wave up to there; beyond, the unfused path's wider grids win). `graph` is kept for tables that
+ * may differ by mode; TPCOMM_QKNORM_FUSED_MAX_TOKENS sets the limit. */
 static tpc_qknorm_path_t auto_path(const struct tpc_comm* c, int64_t tokens, int graph) {
   const int custom = c->transport == TPC_TRANSPORT_CUSTOM && c->arena != NULL;
-  const int64_t limit = c->qknorm_fused_max_tokens >= 0 ? c->qknorm_fused_max_tokens : graph ? 256 : 1024;
+  const int64_t limit = c->qknorm_fused_max_tokens >= 0 ? c->qknorm_fused_max_tokens : 2048;
+  (void)graph;
   return custom && tokens <= c->qknorm_max_tokens && tokens <= limit ? TPC_QKNORM_FUSED : TPC_QKNORM_UNFUSED;
 }
 

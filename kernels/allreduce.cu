@@ -41,12 +41,11 @@ using namespace tpc;
 /* ---- one-shot push ------------------------------------------------------------------------------- */
 constexpr int kKeep = 4; /* input vectors a thread keeps in registers between push and reduce */
 
-/* Sends vector v (already sanitized) to slot [epoch][my rank] of every peer. */
-__device__ __forceinline__ void push_vec(const tpc_ar_args_t& a, size_t slot, size_t v, uint4 x) {
+/* Sends vector v (already sanitized) to every peer: dst[p] = slot [epoch][my rank] of peer p. */
+__device__ __forceinline__ void push_vec(const tpc_ar_args_t& a, char* const (&dst)[TPC_AR_MAX_RANKS], size_t v, uint4 x) {
 #pragma unroll
   for (int p = 0; p < TPC_AR_MAX_RANKS; p++)
-    if (p < a.nranks && p != a.rank)
-      st_volatile_v4((char*)a.push[p] + slot + (size_t)a.rank * a.push_slot_bytes + v * 16, x);
+    if (p < a.nranks && p != a.rank) st_volatile_v4(dst[p] + v * 16, x);
 }
 
 /* Waits for every peer's vector v in my slots, re-arms them, reduces in rank order with my own vector
@@ -84,26 +83,39 @@ template <typename T>
 __global__ void __launch_bounds__(512) oneshot_push_kernel(tpc_ar_args_t a, const T* in, T* out, size_t count,
                                                            bool aligned) {
   constexpr int E = Elem<T>::kPerVec;
-  pdl_wait();
-  pdl_trigger();
   const size_t nvec = (count + E - 1) / E;
   const size_t stride = (size_t)gridDim.x * blockDim.x;
   const size_t first = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+  /* everything that depends only on the launch (parameters, peer addresses) is computed before the wait
+   * for the previous kernel, so that after it only the epoch and input loads remain on the critical path */
+  char* dst[TPC_AR_MAX_RANKS];
+#pragma unroll
+  for (int p = 0; p < TPC_AR_MAX_RANKS; p++) {
+    dst[p] = (char*)a.push[p < a.nranks ? p : 0] + (size_t)a.rank * a.push_slot_bytes;
+    asm volatile("" : "+l"(dst[p]));
+  }
+  char* mine = (char*)a.push[a.rank];
+  uint32_t* epoch_ptr = &a.local->epoch[blockIdx.x];
+  asm volatile("" : "+l"(mine), "+l"(epoch_ptr), "+l"(in));
+  pdl_wait();
+  pdl_trigger();
   /* the epoch and the first inputs are independent loads: issue them together */
-  const uint32_t epoch = a.local->epoch[blockIdx.x];
+  const uint32_t epoch = *epoch_ptr;
   uint4 keep[kKeep];
 #pragma unroll
   for (int u = 0; u < kKeep; u++)
     if (first + u * stride < nvec) keep[u] = sanitize<T>(load_in(in, first + u * stride, count, aligned));
   const size_t slot = (size_t)(epoch & 1u) * a.nranks * a.push_slot_bytes;
+#pragma unroll
+  for (int p = 0; p < TPC_AR_MAX_RANKS; p++) dst[p] += slot;
+  mine += slot;
 
 #pragma unroll
   for (int u = 0; u < kKeep; u++)
-    if (first + u * stride < nvec) push_vec(a, slot, first + u * stride, keep[u]);
+    if (first + u * stride < nvec) push_vec(a, dst, first + u * stride, keep[u]);
   for (size_t v = first + kKeep * stride; v < nvec; v += stride)
-    push_vec(a, slot, v, sanitize<T>(load_in(in, v, count, aligned)));
+    push_vec(a, dst, v, sanitize<T>(load_in(in, v, count, aligned)));
 
-  char* const mine = (char*)a.push[a.rank] + slot;
   Waiter w(a);
   bool ok = true;
 #pragma unroll
@@ -113,7 +125,7 @@ __global__ void __launch_bounds__(512) oneshot_push_kernel(tpc_ar_args_t a, cons
     ok = reduce_vec<T>(a, mine, v, sanitize<T>(load_in(in, v, count, aligned)), out, count, aligned, w);
 
   __syncthreads(); /* every thread has read the epoch */
-  if (threadIdx.x == 0) a.local->epoch[blockIdx.x] = epoch + 1;
+  if (threadIdx.x == 0) *epoch_ptr = epoch + 1;
 }
 
 /* ---- two-shot pull ------------------------------------------------------------------------------- */

@@ -24,6 +24,7 @@ extern "C" {
 #define TPC_AR_MAX_RANKS 8
 #define TPC_AR_MAX_BLOCKS 256
 #define TPC_AR_HEADER_BYTES 4096
+#define TPC_QK_MAX_BLOCKS 1024 /* grid of the fused TP QK-norm kernel at most (its epochs) */
 #define TPC_AR_SEM_BYTES (TPC_AR_MAX_BLOCKS * TPC_AR_MAX_RANKS * 4)
 
 /* Written by kernels on failure, read by the host (mapped pinned memory). */
@@ -42,7 +43,7 @@ enum { TPC_AR_OK = 0, TPC_AR_ERR_TIMEOUT = 1, TPC_AR_ERR_ABORTED = 2 };
 typedef struct {
   uint32_t epoch[TPC_AR_MAX_BLOCKS];    /* one-shot: calls made by block b */
   uint32_t sem_base[TPC_AR_MAX_BLOCKS]; /* two-shot: barriers passed by block b */
-  uint32_t norm_epoch[TPC_AR_MAX_BLOCKS]; /* fused TP QK-norm: calls made by block b */
+  uint32_t norm_epoch[TPC_QK_MAX_BLOCKS]; /* fused TP QK-norm: calls made (all entries equal between calls) */
   uint32_t failed;                      /* a block of this rank gave up: the others stop waiting */
 } tpc_ar_local_t;
 

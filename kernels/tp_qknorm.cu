@@ -1,24 +1,28 @@
 /* tp_qknorm.cu — tensor-parallel QK-RMSNorm: q[t] *= rsqrt(sum over all ranks of q[t]^2 / (D_q * N) + eps)
  * * w_q, the same for k, where each rank holds D_q = q_dim_local columns of q (and D_k of k).
  *
- * Fused kernel: phase A, for each token of the block: load the row's q and k vectors, sum their squares
- * (fp32, a fixed block-reduction tree), and push {sum_q, sum_k} (8 bytes) into slot [epoch&1][my rank]
- * [token] of every rank's norm region (mine included). Phase B, for each token: lanes 0..N-1 of warp 0
- * poll slot [p][token] until both words are not the empty pattern (all-ones; a sender rewrites an
- * all-ones sum to the canonical NaN), re-arm it, and warp 0 sums the N values in rank order, so every
- * rank computes identical statistics; then every thread scales its vectors in place. The first token of
- * each block stays in registers between the phases; later ones are read again, and every row load is
- * issued before the wait it can overlap (the next token's reduction in phase A, the poll in phase B). Epochs are per block with a
- * fixed grid, as in the one-shot all-reduce (allreduce.cu), and the same argument bounds a peer to one call
- * ahead, so two slots suffice.
+ * Fused kernel: a token belongs to a group of W warps; each lane holds J <= 8 of the row's 16-byte
+ * vectors (q first, then k), so the whole row is in flight at once. Phase A, per token of the group: sum
+ * the squares (fp32; warp shuffles, then the W warp sums in order through shared memory and a named
+ * barrier per group) and push {sum_q, sum_k} (8 bytes) into slot [epoch&1][my rank][token] of every
+ * rank's norm region (mine included). Phase B, per token: lanes 0..N-1 of the group's first warp poll
+ * slot [p][token] until both words are not the empty pattern (all-ones; a sender rewrites an all-ones sum
+ * to the canonical NaN), re-arm it, and sum the N values in rank order, so every rank computes identical
+ * statistics; the group scales its vectors in place. J and W are chosen per call from the row length and
+ * the token count: few tokens spread a row over many lanes (latency), many tokens use more vectors per
+ * lane so that all of them fit in one wave. The grid is at most what is resident at once (groups of a
+ * rank wait for the peers' groups, so no block may wait for a free SM).
+ * Slot parity: one epoch per block entry; a block advances its own entry and the entries a smaller grid
+ * lacks (b + k * grid), so all entries stay equal between calls whatever the grid; as in the one-shot
+ * all-reduce (allreduce.cu) a peer is at most one call ahead, so two slots suffice.
  *
  * Unfused kernels: partial (sums per token into a buffer) and apply (scale with all-reduced sums); the
- * caller all-reduces the buffer in between (our kernels or NCCL).
- *
- * Launch: block = 32..1024 threads, each holding J = 1, 2 or 4 16-byte vectors of the row (q vectors
- * first, then k); q_vecs + k_vecs <= TPC_QK_MAX_VECS. Fused grid = args->blocks (persistent over tokens);
- * unfused grids = min(tokens, 8 * 132). Shared memory: 33 float2. PDL as in allreduce.cu. */
+ * caller all-reduces the buffer in between (our kernels or NCCL). Block = 32..1024 threads, each holding
+ * J = 1, 2 or 4 vectors; grid = min(tokens, 8 * 132).
+ * PDL as in allreduce.cu; addresses that depend only on the launch are formed before the wait. */
 #include <stdint.h>
+
+#include <atomic>
 
 #include "common.cuh"
 #include "tp_qknorm.h"
@@ -152,55 +156,144 @@ __device__ __forceinline__ uint2 ld_volatile_v2(const void* p) {
   return v;
 }
 
+/* ---- fused kernel ---------------------------------------------------------------------------------
+ * A token belongs to a group of W warps (L = 32 W lanes); lane l of the group holds the row's vectors
+ * l, l + L, ..., l + (J-1) L (q vectors first, then k), so a whole row is loaded with J independent
+ * 16-byte loads per lane. A block holds G <= 8 groups; group g synchronizes its warps with named barrier
+ * g + 1 (W == 1: no barrier at all). Token t is handled by group t mod (grid * G). */
+struct Group {
+  int W, L, g, lane, warp_in_group;
+  __device__ Group(int w) : W(w), L(32 * w) {
+    g = threadIdx.x / L;
+    lane = threadIdx.x % L;
+    warp_in_group = lane >> 5;
+  }
+  __device__ __forceinline__ void sync() const {
+    if (W == 1) __syncwarp();
+    else asm volatile("bar.sync %0, %1;" ::"r"(g + 1), "r"(L) : "memory");
+  }
+};
+
 template <typename T, int J>
-__global__ void __launch_bounds__(1024) qk_fused_kernel(tpc_ar_args_t a, tpc_qk_problem_t p) {
-  __shared__ float2 sh[33];
-  __shared__ float2 s_scale;
-  __shared__ bool s_fail;
-  pdl_wait();
-  pdl_trigger();
-  const uint32_t epoch = a.local->norm_epoch[blockIdx.x];
+__device__ __forceinline__ float2 group_load_row(const tpc_qk_problem_t& p, int64_t t, const Group& gr, uint4 (&x)[J]) {
+  const int nv = p.q_vecs + p.k_vecs;
+  float sq = 0.f, sk = 0.f;
+#pragma unroll
+  for (int j = 0; j < J; j++) {
+    const int i = gr.lane + j * gr.L;
+    if (i < nv) x[j] = *row_vec<T>(p, t, i);
+  }
+#pragma unroll
+  for (int j = 0; j < J; j++) {
+    const int i = gr.lane + j * gr.L;
+    if (i < nv) {
+      const float s = sum_squares<T>(x[j]);
+      if (i < p.q_vecs) sq += s;
+      else sk += s;
+    }
+  }
+  return make_float2(sq, sk);
+}
+
+/* Sum over the group's lanes; the tree depends only on W, identical on every rank. part: [2][16] per
+ * block, double-buffered by `buf` so that one barrier per token suffices. */
+__device__ __forceinline__ float2 group_sum(float a, float b, const Group& gr, float2 (*part)[16], int buf) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    a += __shfl_xor_sync(0xffffffffu, a, o);
+    b += __shfl_xor_sync(0xffffffffu, b, o);
+  }
+  if (gr.W == 1) return make_float2(a, b);
+  const int w0 = gr.g * gr.W, l = threadIdx.x & 31;
+  if (l == 0) part[buf][w0 + gr.warp_in_group] = make_float2(a, b);
+  gr.sync();
+  /* the W warp sums, one per lane (zeros beyond W), through the same shuffle tree */
+  float2 v = l < gr.W ? part[buf][w0 + l] : make_float2(0.f, 0.f);
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    v.x += __shfl_xor_sync(0xffffffffu, v.x, o);
+    v.y += __shfl_xor_sync(0xffffffffu, v.y, o);
+  }
+  return v;
+}
+
+template <typename T, int J, int kMaxThreads>
+__global__ void __launch_bounds__(kMaxThreads) qk_fused_kernel(tpc_ar_args_t a, tpc_qk_problem_t p, int W) {
+  __shared__ float2 s_part[2][16]; /* warp sums: at most 16 warps a block */
+  __shared__ float4 s_scale[2][8]; /* per group: {scale_q, scale_k, failed} */
+  /* 512-thread blocks with J >= 5 (at most 128 registers a thread): weights re-read per token, first row
+   * too, no prefetch */
+  constexpr bool kLean = kMaxThreads > 256 && J >= 5;
+  const Group gr(W);
+  const int G = blockDim.x / gr.L;
+  const int64_t groups = (int64_t)gridDim.x * G;
+  const int64_t first = (int64_t)blockIdx.x * G + gr.g;
   const int n = a.nranks, rank = a.rank;
   const size_t M = a.norm_max_tokens;
+  /* addresses that depend only on the launch are formed before the wait for the previous kernel */
+  char* mine_base = (char*)a.norm[rank];
+  char* push_dst = (char*)a.norm[gr.lane < n ? gr.lane : 0] + (size_t)rank * M * 8; /* lane p -> rank p */
+  uint32_t* epoch_ptr = &a.local->norm_epoch[blockIdx.x];
+  asm volatile("" : "+l"(mine_base), "+l"(push_dst), "+l"(epoch_ptr));
+  pdl_wait();
+  pdl_trigger();
+  const uint32_t epoch = *epoch_ptr;
   const size_t slot = (size_t)(epoch & 1u) * n * M * 8;
-  if (threadIdx.x == 0) s_fail = false;
-  uint4 keep[J];
-  Weights<J> w;
-  w.template load<T>(p);
 
-  /* phase A: partial sums of every token of this block, to every rank; the next token's row is loaded
-   * while this one is reduced */
+  /* phase A: partial sums of this group's tokens, pushed to every rank (mine included); the first row
+   * stays in registers, the next row is loaded while this one is reduced */
+  uint4 keep[J];
   float2 part = make_float2(0.f, 0.f);
-  if (blockIdx.x < p.tokens) part = load_row<T, J>(p, blockIdx.x, keep);
-  for (int64_t t = blockIdx.x; t < p.tokens; t += gridDim.x) {
-    uint4 next[J];
+  if (first < p.tokens) part = group_load_row<T, J>(p, first, gr, keep);
+  int buf = 0;
+  for (int64_t t = first; t < p.tokens; t += groups) {
     float2 next_part = make_float2(0.f, 0.f);
-    if (t + gridDim.x < p.tokens) next_part = load_row<T, J>(p, t + gridDim.x, next);
-    const float2 s = block_sum2(part.x, part.y, sh);
-    if ((int)threadIdx.x < n)
-      st_volatile_v2((char*)a.norm[threadIdx.x] + slot + ((size_t)rank * M + (size_t)t) * 8, sanitize2(s));
+    if constexpr (!kLean) { /* prefetch; with 512-thread blocks and J >= 5 no registers are spare for it */
+      uint4 next[J];
+      if (t + groups < p.tokens) next_part = group_load_row<T, J>(p, t + groups, gr, next);
+    } else if (t != first) {
+      uint4 x[J];
+      part = group_load_row<T, J>(p, t, gr, x);
+    }
+    const float2 s = group_sum(part.x, part.y, gr, s_part, buf);
+    buf ^= 1;
+    if (gr.lane < n) st_volatile_v2(push_dst + slot + (size_t)t * 8, sanitize2(s));
     part = next_part;
   }
 
-  /* phase B: sum the ranks' partials in rank order, scale */
+  /* phase B: the weights are loaded while the first token's sums travel; per token, warp 0 of the group
+   * polls the ranks' slots, sums them in rank order (identical on every rank) and shares the scales */
+  const int nv = p.q_vecs + p.k_vecs;
+  uint4 wv[kLean ? 1 : J];
+  if constexpr (!kLean) {
+#pragma unroll
+    for (int j = 0; j < J; j++) {
+      const int i = gr.lane + j * gr.L;
+      if (i < nv) wv[j] = weight_vec<T>(p, i);
+    }
+  }
   Waiter wt(a);
-  char* const mine = (char*)a.norm[rank] + slot;
-  for (int64_t t = blockIdx.x; t < p.tokens; t += gridDim.x) {
-    uint4 x[J]; /* the row, loaded while the partial sums are awaited (the first token is still in keep) */
-    if (t == blockIdx.x) {
+  char* const mine = mine_base + slot;
+  bool failed = false;
+  for (int64_t t = first; t < p.tokens && !failed; t += groups) {
+    uint4 x[J]; /* the row: still in registers for the first token, else loaded while the sums are awaited */
+    if (t == first && !kLean) {
 #pragma unroll
       for (int j = 0; j < J; j++) x[j] = keep[j];
     } else {
-      load_row<T, J>(p, t, x);
+      group_load_row<T, J>(p, t, gr, x);
     }
-    if (threadIdx.x < 32) {
+    float4 sc = make_float4(0.f, 0.f, 0.f, 0.f);
+    if (gr.warp_in_group == 0) {
+      const int l = gr.lane;
       uint2 v = make_uint2(0, 0);
-      if ((int)threadIdx.x < n) {
-        char* src = mine + ((size_t)threadIdx.x * M + (size_t)t) * 8;
+      bool fail = false;
+      if (l < n) {
+        char* src = mine + ((size_t)l * M + (size_t)t) * 8;
         v = ld_volatile_v2(src);
         while (v.x == kEmpty || v.y == kEmpty) {
-          if (wt.give_up(threadIdx.x, 3)) {
-            s_fail = true;
+          if (wt.give_up(l, 3)) {
+            fail = true;
             break;
           }
           v = ld_volatile_v2(src);
@@ -208,20 +301,40 @@ __global__ void __launch_bounds__(1024) qk_fused_kernel(tpc_ar_args_t a, tpc_qk_
         st_volatile_v2(src, make_uint2(kEmpty, kEmpty)); /* re-arm */
       }
       float2 total = make_float2(0.f, 0.f);
-      for (int q = 0; q < n; q++) { /* rank order, identical on every rank */
-        const float x = __shfl_sync(0xffffffffu, __uint_as_float(v.x), q);
-        const float y = __shfl_sync(0xffffffffu, __uint_as_float(v.y), q);
-        total = q == 0 ? make_float2(x, y) : make_float2(total.x + x, total.y + y);
+      for (int q = 0; q < n; q++) { /* rank order */
+        const float xq = __shfl_sync(0xffffffffu, __uint_as_float(v.x), q);
+        const float yq = __shfl_sync(0xffffffffu, __uint_as_float(v.y), q);
+        total = q == 0 ? make_float2(xq, yq) : make_float2(total.x + xq, total.y + yq);
       }
-      if (threadIdx.x == 0) s_scale = scales_of(p, total);
+      const float2 s2 = scales_of(p, total);
+      sc = make_float4(s2.x, s2.y, __any_sync(0xffffffffu, fail) ? 1.f : 0.f, 0.f);
+      if (gr.W > 1 && l == 0) s_scale[buf][gr.g] = sc;
     }
-    __syncthreads();
-    if (s_fail) break;
-    apply_row<T, J>(p, t, x, w, s_scale.x, s_scale.y);
-    __syncthreads(); /* s_scale is rewritten for the next token */
+    if (gr.W > 1) {
+      gr.sync();
+      sc = s_scale[buf][gr.g];
+    }
+    buf ^= 1;
+    if (sc.z != 0.f) {
+      failed = true;
+      break;
+    }
+#pragma unroll
+    for (int j = 0; j < J; j++) {
+      const int i = gr.lane + j * gr.L;
+      if (i < nv) {
+        uint4 w;
+        if constexpr (kLean) w = weight_vec<T>(p, i);
+        else w = wv[j];
+        *row_vec<T>(p, t, i) = scale_vec<T>(x[j], w, i < p.q_vecs ? sc.x : sc.y);
+      }
+    }
   }
+  /* every thread has read the epoch: advance it for this block's entry and the entries of the blocks a
+   * smaller grid does not have (b + k * grid), so all entries stay equal whatever the next grid is */
   __syncthreads();
-  if (threadIdx.x == 0) a.local->norm_epoch[blockIdx.x] = epoch + 1;
+  for (int i = blockIdx.x + threadIdx.x * gridDim.x; i < TPC_QK_MAX_BLOCKS; i += blockDim.x * gridDim.x)
+    a.local->norm_epoch[i] = epoch + 1;
 }
 
 template <typename T, int J>
@@ -263,27 +376,78 @@ static cudaLaunchConfig_t config(int blocks, int threads, int pdl, cudaStream_t 
 }
 
 template <typename T, int J>
-cudaError_t launch_kind(int kind, const tpc_ar_args_t* a, const tpc_qk_problem_t* p, float* sums, int threads,
-                        int pdl, cudaStream_t stream) {
+cudaError_t launch_unfused(int kind, const tpc_qk_problem_t* p, float* sums, int threads, int pdl, cudaStream_t stream) {
   cudaLaunchAttribute attr[1];
-  int64_t unfused_blocks = p->tokens < 8 * 132 ? p->tokens : 8 * 132;
-  if (kind == 0) {
-    cudaLaunchConfig_t cfg = config(a->blocks, threads, pdl, stream, attr);
-    return cudaLaunchKernelEx(&cfg, qk_fused_kernel<T, J>, *a, *p);
-  }
-  cudaLaunchConfig_t cfg = config((int)unfused_blocks, threads, pdl, stream, attr);
+  const int64_t blocks = p->tokens < 8 * 132 ? p->tokens : 8 * 132;
+  cudaLaunchConfig_t cfg = config((int)blocks, threads, pdl, stream, attr);
   if (kind == 1) return cudaLaunchKernelEx(&cfg, qk_partial_kernel<T, J>, *p, (float2*)sums);
   return cudaLaunchKernelEx(&cfg, qk_apply_kernel<T, J>, *p, (const float2*)sums);
+}
+
+/* Blocks of the fused kernel one SM holds, per (dtype, J, threads / 32); computed once each. */
+std::atomic<int> g_fused_occupancy[2][9][17];
+
+/* Rows of up to 2048 vectors: groups of up to 8 warps in blocks of at most 256 threads (at most 255
+ * registers a thread: row, next row and weights stay in registers up to J = 8). Longer rows: one group of
+ * up to 16 warps per block. */
+template <typename T, int J>
+cudaError_t launch_fused_j(const tpc_ar_args_t* a, const tpc_qk_problem_t* p, int W, int pdl, cudaStream_t stream) {
+  const int L = 32 * W;
+  int G = L <= 256 ? (256 / L < 8 ? 256 / L : 8) : 1; /* groups per block */
+  if (p->tokens < G) G = (int)p->tokens;
+  const int threads = G * L;
+  if (L > 512) return cudaErrorInvalidValue;
+  const void* kernel = L <= 256 ? (const void*)qk_fused_kernel<T, J, 256> : (const void*)qk_fused_kernel<T, J, 512>;
+  std::atomic<int>& occ = g_fused_occupancy[p->dtype == 1][J][threads / 32];
+  int per_sm = occ.load(std::memory_order_relaxed);
+  if (per_sm == 0) {
+    cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, 0);
+    if (e != cudaSuccess) return e;
+    if (per_sm < 1) per_sm = 1;
+    occ.store(per_sm, std::memory_order_relaxed);
+  }
+  /* every block resident at once (a.blocks = the SMs this rank may fill): the groups of one rank wait for
+   * the peers' groups, so a block waiting for a free SM could wait forever */
+  int64_t blocks = (p->tokens + G - 1) / G;
+  const int64_t cap = (int64_t)per_sm * a->blocks;
+  if (blocks > cap) blocks = cap;
+  if (blocks > TPC_QK_MAX_BLOCKS) blocks = TPC_QK_MAX_BLOCKS;
+  cudaLaunchAttribute attr[1];
+  cudaLaunchConfig_t cfg = config((int)blocks, threads, pdl, stream, attr);
+  if (L <= 256) return cudaLaunchKernelEx(&cfg, qk_fused_kernel<T, J, 256>, *a, *p, W);
+  return cudaLaunchKernelEx(&cfg, qk_fused_kernel<T, J, 512>, *a, *p, W);
 }
 
 template <typename T>
 cudaError_t launch_typed(int kind, const tpc_ar_args_t* a, const tpc_qk_problem_t* p, float* sums, int pdl,
                          cudaStream_t stream) {
+  const int nv = p->q_vecs + p->k_vecs;
+  if (kind == 0) {
+    /* fused: J vectors per lane, W = ceil(vectors / 32 J) <= 16 warps per token. Measured on 2 x H200
+     * (docs/perf-log.md): J = 1 (a row over as many lanes as possible: latency) while all tokens take at
+     * most ~512 threads per SM, J = 4 up to ~1024 threads per SM, J = 8 beyond */
+    const int j_min = (nv + 511) / 512;
+    auto threads_for = [&](int j) { return p->tokens * 32 * ((nv + 32 * j - 1) / (32 * j)); };
+    int J = j_min;
+    if (threads_for(J) > (int64_t)a->blocks * 512) J = j_min > 4 ? j_min : 4;
+    if (threads_for(J) > (int64_t)a->blocks * 1024) J = 8;
+    const int W = (nv + 32 * J - 1) / (32 * J);
+    switch (J) {
+      case 1: return launch_fused_j<T, 1>(a, p, W, pdl, stream);
+      case 2: return launch_fused_j<T, 2>(a, p, W, pdl, stream);
+      case 3: return launch_fused_j<T, 3>(a, p, W, pdl, stream);
+      case 4: return launch_fused_j<T, 4>(a, p, W, pdl, stream);
+      case 5: return launch_fused_j<T, 5>(a, p, W, pdl, stream);
+      case 6: return launch_fused_j<T, 6>(a, p, W, pdl, stream);
+      case 7: return launch_fused_j<T, 7>(a, p, W, pdl, stream);
+      default: return launch_fused_j<T, 8>(a, p, W, pdl, stream);
+    }
+  }
   int threads, J;
-  shape(p->q_vecs + p->k_vecs, &threads, &J);
-  if (J == 1) return launch_kind<T, 1>(kind, a, p, sums, threads, pdl, stream);
-  if (J == 2) return launch_kind<T, 2>(kind, a, p, sums, threads, pdl, stream);
-  return launch_kind<T, 4>(kind, a, p, sums, threads, pdl, stream);
+  shape(nv, &threads, &J);
+  if (J == 1) return launch_unfused<T, 1>(kind, p, sums, threads, pdl, stream);
+  if (J == 2) return launch_unfused<T, 2>(kind, p, sums, threads, pdl, stream);
+  return launch_unfused<T, 4>(kind, p, sums, threads, pdl, stream);
 }
 
 cudaError_t launch(int kind, const tpc_ar_args_t* a, const tpc_qk_problem_t* p, float* sums, int pdl,
