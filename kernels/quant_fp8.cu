@@ -37,6 +37,7 @@
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
 #include <float.h>
+#include <stdlib.h>
 #include <stdint.h>
 
 #include <mutex>
@@ -110,7 +111,7 @@ __device__ __noinline__ void store_vec_slow(uint8_t* row, int64_t v, int64_t hid
     if (e + i < hidden) row[e + i] = (uint8_t)(((i < 4 ? val.x : val.y) >> (8 * (i & 3))) & 0xffu);
 }
 
-/* Vector v of the row (zeros past the end). */
+/* Vector v of the row (zeros past the end): the static kernel, one vector per thread. */
 __device__ __forceinline__ uint4 load_vec(const uint16_t* row, int64_t v, const QuantArgs& a) {
   if (v < a.nfull) return __ldg(reinterpret_cast<const uint4*>(row) + v);
   if (v < a.nvec) return load_vec_slow(row, v, a.hidden);
@@ -120,6 +121,47 @@ __device__ __forceinline__ uint4 load_vec(const uint16_t* row, int64_t v, const 
 __device__ __forceinline__ void store_vec(uint8_t* row, int64_t v, const QuantArgs& a, uint2 val) {
   if (v < a.nfull) reinterpret_cast<uint2*>(row)[v] = val;
   else if (v < a.nvec) store_vec_slow(row, v, a.hidden, val);
+}
+
+/* Whole vector v (v < nfull). HINT: streaming cache hints (no L1 allocation and a 256-byte L2 prefetch on
+ * the load, evict-first on the store). The asm is volatile so it stays after griddepcontrol.wait. */
+template <bool HINT>
+__device__ __forceinline__ uint4 ldg_vec(const uint16_t* row, int64_t v) {
+  const uint4* p = reinterpret_cast<const uint4*>(row) + v;
+  if (!HINT) return __ldg(p);
+  uint4 r;
+  asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];"
+               : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+               : "l"(p));
+  return r;
+}
+
+template <bool HINT>
+__device__ __forceinline__ void stg_vec(uint8_t* row, int64_t v, uint2 val) {
+  uint2* p = reinterpret_cast<uint2*>(row) + v;
+  if (!HINT) *p = val;
+  else asm volatile("st.global.cs.v2.u32 [%0], {%1, %2};" ::"l"(p), "r"(val.x), "r"(val.y) : "memory");
+}
+
+/* Vectors v0, v0 + step, ... (N of them) of a row into registers, zeros past the end. All the whole-vector
+ * loads are issued first, back to back (predicated, no branch or call between them), so a thread has N
+ * loads in flight; only then the vectors that need the element-by-element path (a tail, or a misaligned
+ * row), which a call out of line would otherwise serialize with the loads. */
+template <bool HINT, int N>
+__device__ __forceinline__ void load_row(uint4 (&r)[N], const uint16_t* x, int64_t v0, int64_t step,
+                                         const QuantArgs& a) {
+#pragma unroll
+  for (int i = 0; i < N; i++) {
+    const int64_t v = v0 + step * i;
+    r[i] = v < a.nfull ? ldg_vec<HINT>(x, v) : make_uint4(0, 0, 0, 0);
+  }
+  if (a.nfull < a.nvec) {
+#pragma unroll
+    for (int i = 0; i < N; i++) {
+      const int64_t v = v0 + step * i;
+      if (v >= a.nfull && v < a.nvec) r[i] = load_vec_slow(x, v, a.hidden);
+    }
+  }
 }
 
 /* Absolute maximum in packed 16-bit arithmetic: m2 holds two running maxima (bf16x2 or half2), updated
@@ -199,6 +241,24 @@ __device__ __forceinline__ uint2 vec_quant(uint4 r, float inv) {
 
 __device__ __forceinline__ float scale_of(float amax) { return fmaxf(amax / kE4M3Max, kMinScale); }
 
+/* The codes of the vectors load_row read (the same v0, step, N), whole vectors first, then the others. */
+template <typename T, bool HINT, int N>
+__device__ __forceinline__ void store_row(uint8_t* q, const uint4 (&r)[N], float inv, int64_t v0, int64_t step,
+                                          const QuantArgs& a) {
+#pragma unroll
+  for (int i = 0; i < N; i++) {
+    const int64_t v = v0 + step * i;
+    if (v < a.nfull) stg_vec<HINT>(q, v, vec_quant<T>(r[i], inv));
+  }
+  if (a.nfull < a.nvec) {
+#pragma unroll
+    for (int i = 0; i < N; i++) {
+      const int64_t v = v0 + step * i;
+      if (v >= a.nfull && v < a.nvec) store_vec_slow(q, v, a.hidden, vec_quant<T>(r[i], inv));
+    }
+  }
+}
+
 /* ---- reductions -------------------------------------------------------------------------------------------- */
 __device__ __forceinline__ float warp_max(float m) {
 #pragma unroll
@@ -218,7 +278,7 @@ __device__ __forceinline__ float block_max(float m, float* s_red) {
 }
 
 /* ---- WARP: a warp per row, the row in registers ------------------------------------------------------------- */
-template <typename T, int VPT>
+template <typename T, int VPT, bool HINT>
 __global__ void __launch_bounds__(kWarpThreads, 2) quant_warp_kernel(QuantArgs a) {
   pdl_wait();
   pdl_trigger();
@@ -226,14 +286,11 @@ __global__ void __launch_bounds__(kWarpThreads, 2) quant_warp_kernel(QuantArgs a
   const int64_t first = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
   const int64_t step = ((int64_t)gridDim.x * blockDim.x) >> 5;
   for (int64_t row = first; row < a.rows; row += step) { /* uniform per warp */
-    const uint16_t* x = a.x + row * a.x_stride;
     uint4 r[VPT];
+    load_row<HINT>(r, a.x + row * a.x_stride, lane, 32, a);
     uint32_t m2 = 0;
 #pragma unroll
-    for (int i = 0; i < VPT; i++) {
-      r[i] = load_vec(x, lane + 32 * i, a);
-      m2 = vec_absmax2<T>(r[i], m2);
-    }
+    for (int i = 0; i < VPT; i++) m2 = vec_absmax2<T>(r[i], m2);
     float m = warp_max(absmax2_to_float<T>(m2));
     if (!(m <= FLT_MAX)) { /* +Inf in the row: the max over finite elements */
       m = 0.0f;
@@ -242,32 +299,23 @@ __global__ void __launch_bounds__(kWarpThreads, 2) quant_warp_kernel(QuantArgs a
       m = warp_max(m);
     }
     const float scale = scale_of(m);
-    const float inv = 1.0f / scale;
-    uint8_t* q = a.q + row * a.q_stride;
-#pragma unroll
-    for (int i = 0; i < VPT; i++) {
-      const int64_t v = lane + 32 * i;
-      if (v < a.nvec) store_vec(q, v, a, vec_quant<T>(r[i], inv));
-    }
+    store_row<T, HINT>(a.q + row * a.q_stride, r, 1.0f / scale, lane, 32, a);
     if (lane == 0) a.scales[row] = scale;
   }
 }
 
 /* ---- BLOCK: a block per row, the row in registers ----------------------------------------------------------- */
-template <typename T, int VPT>
+template <typename T, int VPT, bool HINT>
 __global__ void __launch_bounds__(kBlockMaxThreads) quant_block_kernel(QuantArgs a) {
   __shared__ float s_red[32];
   pdl_wait();
   pdl_trigger();
   for (int64_t row = blockIdx.x; row < a.rows; row += gridDim.x) {
-    const uint16_t* x = a.x + row * a.x_stride;
     uint4 r[VPT];
+    load_row<HINT>(r, a.x + row * a.x_stride, threadIdx.x, blockDim.x, a);
     uint32_t m2 = 0;
 #pragma unroll
-    for (int i = 0; i < VPT; i++) {
-      r[i] = load_vec(x, threadIdx.x + (int64_t)blockDim.x * i, a);
-      m2 = vec_absmax2<T>(r[i], m2);
-    }
+    for (int i = 0; i < VPT; i++) m2 = vec_absmax2<T>(r[i], m2);
     float m = block_max(absmax2_to_float<T>(m2), s_red);
     if (!(m <= FLT_MAX)) { /* uniform: every thread has the same m */
       m = 0.0f;
@@ -276,18 +324,14 @@ __global__ void __launch_bounds__(kBlockMaxThreads) quant_block_kernel(QuantArgs
       m = block_max(m, s_red);
     }
     const float scale = scale_of(m);
-    const float inv = 1.0f / scale;
-    uint8_t* q = a.q + row * a.q_stride;
-#pragma unroll
-    for (int i = 0; i < VPT; i++) {
-      const int64_t v = threadIdx.x + (int64_t)blockDim.x * i;
-      if (v < a.nvec) store_vec(q, v, a, vec_quant<T>(r[i], inv));
-    }
+    store_row<T, HINT>(a.q + row * a.q_stride, r, 1.0f / scale, threadIdx.x, blockDim.x, a);
     if (threadIdx.x == 0) a.scales[row] = scale;
   }
 }
 
 /* ---- SMEM: a block per row, the row in dynamic shared memory ------------------------------------------------ */
+/* The streaming loops below run over the whole vectors first (loads unrolled and in flight together), then
+ * over the vectors that need the element-by-element path. */
 template <typename T>
 __global__ void __launch_bounds__(kBigThreads) quant_smem_kernel(QuantArgs a) {
   extern __shared__ uint4 s_row[]; /* nvec vectors; vector v is written and read by thread v % blockDim */
@@ -298,8 +342,13 @@ __global__ void __launch_bounds__(kBigThreads) quant_smem_kernel(QuantArgs a) {
     const uint16_t* x = a.x + row * a.x_stride;
     float m = 0.0f;
 #pragma unroll 4
-    for (int64_t v = threadIdx.x; v < a.nvec; v += blockDim.x) {
-      const uint4 r = load_vec(x, v, a);
+    for (int64_t v = threadIdx.x; v < a.nfull; v += blockDim.x) {
+      const uint4 r = ldg_vec<false>(x, v);
+      s_row[v] = r;
+      m = vec_absmax<T>(r, m);
+    }
+    for (int64_t v = a.nfull + threadIdx.x; v < a.nvec; v += blockDim.x) {
+      const uint4 r = load_vec_slow(x, v, a.hidden);
       s_row[v] = r;
       m = vec_absmax<T>(r, m);
     }
@@ -313,7 +362,9 @@ __global__ void __launch_bounds__(kBigThreads) quant_smem_kernel(QuantArgs a) {
     const float inv = 1.0f / scale;
     uint8_t* q = a.q + row * a.q_stride;
 #pragma unroll 4
-    for (int64_t v = threadIdx.x; v < a.nvec; v += blockDim.x) store_vec(q, v, a, vec_quant<T>(s_row[v], inv));
+    for (int64_t v = threadIdx.x; v < a.nfull; v += blockDim.x) stg_vec<false>(q, v, vec_quant<T>(s_row[v], inv));
+    for (int64_t v = a.nfull + threadIdx.x; v < a.nvec; v += blockDim.x)
+      store_vec_slow(q, v, a.hidden, vec_quant<T>(s_row[v], inv));
     if (threadIdx.x == 0) a.scales[row] = scale;
   }
 }
@@ -328,20 +379,23 @@ __global__ void __launch_bounds__(kBigThreads) quant_two_pass_kernel(QuantArgs a
     const uint16_t* x = a.x + row * a.x_stride;
     float m = 0.0f;
 #pragma unroll 4
-    for (int64_t v = threadIdx.x; v < a.nvec; v += blockDim.x) m = vec_absmax<T>(load_vec(x, v, a), m);
+    for (int64_t v = threadIdx.x; v < a.nfull; v += blockDim.x) m = vec_absmax<T>(ldg_vec<false>(x, v), m);
+    for (int64_t v = a.nfull + threadIdx.x; v < a.nvec; v += blockDim.x)
+      m = vec_absmax<T>(load_vec_slow(x, v, a.hidden), m);
     m = block_max(m, s_red);
     if (!(m <= FLT_MAX)) {
       m = 0.0f;
-      for (int64_t v = threadIdx.x; v < a.nvec; v += blockDim.x)
-        m = vec_absmax_finite<T>(load_vec(x, v, a), m);
+      for (int64_t v = threadIdx.x; v < a.nvec; v += blockDim.x) m = vec_absmax_finite<T>(load_vec(x, v, a), m);
       m = block_max(m, s_red);
     }
     const float scale = scale_of(m);
     const float inv = 1.0f / scale;
     uint8_t* q = a.q + row * a.q_stride;
 #pragma unroll 4
-    for (int64_t v = threadIdx.x; v < a.nvec; v += blockDim.x)
-      store_vec(q, v, a, vec_quant<T>(load_vec(x, v, a), inv));
+    for (int64_t v = threadIdx.x; v < a.nfull; v += blockDim.x)
+      stg_vec<false>(q, v, vec_quant<T>(ldg_vec<false>(x, v), inv));
+    for (int64_t v = a.nfull + threadIdx.x; v < a.nvec; v += blockDim.x)
+      store_vec_slow(q, v, a.hidden, vec_quant<T>(load_vec_slow(x, v, a.hidden), inv));
     if (threadIdx.x == 0) a.scales[row] = scale;
   }
 }
@@ -374,6 +428,19 @@ std::mutex g_lock;
 DevInfo g_dev[kMaxDevices];
 int g_pdl = -1; /* TPCOMM_PDL, resolved once */
 
+/* EXPERIMENT (temporary, removed once a variant is chosen): knobs read once from the environment.
+ * TPC_QUANT_TPR threads per row for hidden <= 4096 with many rows (32: WARP, 64..512: BLOCK),
+ * TPC_QUANT_WPB warps (rows) per WARP block, TPC_QUANT_GRID 0 capped / 1 resident (occupancy) / 2 uncapped,
+ * TPC_QUANT_HINT 1: streaming cache hints on the register paths. */
+struct Tuning {
+  int ready, tpr, wpb, grid, hint;
+};
+Tuning g_tune;
+int env_int(const char* name, int def) {
+  const char* v = getenv(name);
+  return v && *v ? atoi(v) : def;
+}
+
 tpc_status_t device_info(const char* fn, DevInfo* out, int* device) {
   int dev = 0;
   cudaError_t err = cudaGetDevice(&dev);
@@ -389,6 +456,13 @@ tpc_status_t device_info(const char* fn, DevInfo* out, int* device) {
     tpc_status_t st = tpc_param_resolve(TPC_P_PDL, TPC_CONFIG_UNDEF, &v);
     if (st != TPC_SUCCESS) return st;
     g_pdl = v ? 1 : 0;
+  }
+  if (!g_tune.ready) {
+    g_tune.tpr = env_int("TPC_QUANT_TPR", 32);
+    g_tune.wpb = env_int("TPC_QUANT_WPB", 8);
+    g_tune.grid = env_int("TPC_QUANT_GRID", 0);
+    g_tune.hint = env_int("TPC_QUANT_HINT", 0);
+    g_tune.ready = 1;
   }
   DevInfo* d = &g_dev[dev];
   if (!d->ready) {
@@ -417,7 +491,8 @@ int64_t smem_max_vec(const DevInfo& d) {
 }
 
 tpc_quant_path_t choose_path(const DevInfo& d, int64_t rows, int64_t nvec) {
-  if (nvec <= 32 * kWarpMaxVpt && rows >= 4 * (int64_t)d.sms) return TPC_QUANT_PATH_WARP;
+  if (nvec <= 32 * kWarpMaxVpt && rows >= 4 * (int64_t)d.sms)
+    return g_tune.tpr <= 32 ? TPC_QUANT_PATH_WARP : TPC_QUANT_PATH_BLOCK;
   if (nvec <= (int64_t)kBlockMaxThreads * kBlockMaxVpt) return TPC_QUANT_PATH_BLOCK;
   if (nvec <= smem_max_vec(d)) return TPC_QUANT_PATH_SMEM;
   return TPC_QUANT_PATH_TWO_PASS;
@@ -449,50 +524,76 @@ unsigned grid_of(int64_t work, const DevInfo& d, int per_sm) {
   return (unsigned)(work < 1 ? 1 : (work > cap ? cap : work));
 }
 
-template <typename T, int VPT>
+/* EXPERIMENT: the grid for `work` blocks of kernel k: capped at per_sm per SM (GRID 0), the resident blocks
+ * (GRID 1), or one block per unit of work (GRID 2). */
+unsigned grid_for(int64_t work, const DevInfo& d, int per_sm, const void* k, int threads) {
+  if (g_tune.grid == 1) {
+    int occ = 0;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, k, threads, 0) != cudaSuccess || occ < 1) occ = 1;
+    return grid_of(work, d, occ);
+  }
+  if (g_tune.grid == 2) return (unsigned)(work < 1 ? 1 : (work > INT32_MAX ? INT32_MAX : work));
+  return grid_of(work, d, per_sm);
+}
+
+template <typename T, int VPT, bool HINT>
 cudaError_t launch_warp(const DevInfo& d, const QuantArgs& a, int pdl, cudaStream_t stream) {
   cudaLaunchConfig_t cfg;
   cudaLaunchAttribute attr[1];
-  const int64_t rows_per_block = kWarpThreads / 32;
-  launch_cfg(&cfg, attr, dim3(grid_of((a.rows + rows_per_block - 1) / rows_per_block, d, 16)), dim3(kWarpThreads), 0,
-             stream);
+  const int wpb = g_tune.wpb >= 1 && g_tune.wpb <= 8 ? g_tune.wpb : 8;
+  const int64_t rows_per_block = wpb;
+  const void* k = (const void*)quant_warp_kernel<T, VPT, HINT>;
+  launch_cfg(&cfg, attr, dim3(grid_for((a.rows + rows_per_block - 1) / rows_per_block, d, 128 / wpb, k, 32 * wpb)),
+             dim3(32 * wpb), 0, stream);
   cfg.numAttrs = pdl;
-  return cudaLaunchKernelEx(&cfg, quant_warp_kernel<T, VPT>, a);
+  return cudaLaunchKernelEx(&cfg, quant_warp_kernel<T, VPT, HINT>, a);
 }
 
-template <typename T, int VPT>
+template <typename T, int VPT, bool HINT>
 cudaError_t launch_block(const DevInfo& d, const QuantArgs& a, int threads, int pdl, cudaStream_t stream) {
   cudaLaunchConfig_t cfg;
   cudaLaunchAttribute attr[1];
-  launch_cfg(&cfg, attr, dim3(grid_of(a.rows, d, 2 * 2048 / threads)), dim3((unsigned)threads), 0, stream);
+  const void* k = (const void*)quant_block_kernel<T, VPT, HINT>;
+  launch_cfg(&cfg, attr, dim3(grid_for(a.rows, d, 2 * 2048 / threads, k, threads)), dim3((unsigned)threads), 0, stream);
   cfg.numAttrs = pdl;
-  return cudaLaunchKernelEx(&cfg, quant_block_kernel<T, VPT>, a);
+  return cudaLaunchKernelEx(&cfg, quant_block_kernel<T, VPT, HINT>, a);
+}
+
+template <typename T, bool HINT>
+cudaError_t launch_registers(const DevInfo& d, tpc_quant_path_t path, const QuantArgs& a, int pdl,
+                             cudaStream_t stream) {
+  if (path == TPC_QUANT_PATH_WARP) {
+    const int64_t need = (a.nvec + 31) / 32;
+    if (need <= 1) return launch_warp<T, 1, HINT>(d, a, pdl, stream);
+    if (need <= 2) return launch_warp<T, 2, HINT>(d, a, pdl, stream);
+    if (need <= 4) return launch_warp<T, 4, HINT>(d, a, pdl, stream);
+    if (need <= 8) return launch_warp<T, 8, HINT>(d, a, pdl, stream);
+    return launch_warp<T, 16, HINT>(d, a, pdl, stream);
+  }
+  /* the fewest vectors per thread that fit in kBlockMaxThreads threads: most parallelism per row */
+  int vpt = 1, threads;
+  if (g_tune.tpr > 32 && a.nvec <= (int64_t)g_tune.tpr * kBlockMaxVpt && g_tune.tpr <= kBlockMaxThreads) {
+    while ((a.nvec + vpt - 1) / vpt > g_tune.tpr) vpt *= 2; /* EXPERIMENT: TPC_QUANT_TPR threads */
+  } else {
+    while ((a.nvec + vpt - 1) / vpt > kBlockMaxThreads) vpt *= 2;
+  }
+  threads = (int)(((a.nvec + vpt - 1) / vpt + 31) / 32 * 32);
+  switch (vpt) {
+    case 1: return launch_block<T, 1, HINT>(d, a, threads, pdl, stream);
+    case 2: return launch_block<T, 2, HINT>(d, a, threads, pdl, stream);
+    case 4: return launch_block<T, 4, HINT>(d, a, threads, pdl, stream);
+    default: return launch_block<T, 8, HINT>(d, a, threads, pdl, stream);
+  }
 }
 
 template <typename T>
 cudaError_t launch_per_token(const DevInfo& d, int dev, tpc_quant_path_t path, const QuantArgs& a, int pdl,
                              cudaStream_t stream) {
   switch (path) {
-    case TPC_QUANT_PATH_WARP: {
-      const int64_t need = (a.nvec + 31) / 32;
-      if (need <= 1) return launch_warp<T, 1>(d, a, pdl, stream);
-      if (need <= 2) return launch_warp<T, 2>(d, a, pdl, stream);
-      if (need <= 4) return launch_warp<T, 4>(d, a, pdl, stream);
-      if (need <= 8) return launch_warp<T, 8>(d, a, pdl, stream);
-      return launch_warp<T, 16>(d, a, pdl, stream);
-    }
-    case TPC_QUANT_PATH_BLOCK: {
-      /* the fewest vectors per thread that fit in kBlockMaxThreads threads: most parallelism per row */
-      int vpt = 1;
-      while ((a.nvec + vpt - 1) / vpt > kBlockMaxThreads) vpt *= 2;
-      const int threads = (int)(((a.nvec + vpt - 1) / vpt + 31) / 32 * 32);
-      switch (vpt) {
-        case 1: return launch_block<T, 1>(d, a, threads, pdl, stream);
-        case 2: return launch_block<T, 2>(d, a, threads, pdl, stream);
-        case 4: return launch_block<T, 4>(d, a, threads, pdl, stream);
-        default: return launch_block<T, 8>(d, a, threads, pdl, stream);
-      }
-    }
+    case TPC_QUANT_PATH_WARP:
+    case TPC_QUANT_PATH_BLOCK:
+      return g_tune.hint ? launch_registers<T, true>(d, path, a, pdl, stream)
+                         : launch_registers<T, false>(d, path, a, pdl, stream);
     case TPC_QUANT_PATH_SMEM: {
       const int idx = std::is_same<T, __half>::value ? 1 : 0;
       const int64_t max_bytes = smem_max_vec(d) * 16;
