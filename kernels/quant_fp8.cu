@@ -21,9 +21,19 @@
  *          cudaFuncSetAttribute). Each thread reads back only the vectors it wrote itself.
  *   TWO_PASS quant_two_pass_kernel<T>: as SMEM without the staging; the row is read twice.
  *   static quant_static_kernel<T>: one vector per thread per row, grid (vectors, rows).
- * Grids are capped near the resident capacity (WARP 16 blocks per SM, BLOCK 2x the thread limit, SMEM the
- * blocks whose rows fit in shared memory at once, TWO_PASS 4) and every kernel loops over rows, so blocks
- * handle several rows in turn on large inputs.
+ * Bytes in flight: WARP and BLOCK issue all the 16-byte loads of a thread's share of the row back to back
+ * (load_row: predicated loads first, the element-by-element tail or misaligned vectors after them), so a
+ * WARP SM holds 16 rows = 128 KB in flight at hidden 4096. (Calling the out-of-line tail loader between the
+ * loads, as this file once did, made ptxas consume each load before issuing the next: one 16-byte load in
+ * flight per thread, 324 us instead of 189 us at 65536 x 4096 on H200.)
+ * AUTO (choose_path): WARP for rows of <= 4096 elements and >= 4 rows per SM when the row is narrow
+ * (<= 2048 elements) or the rows are many (>= 128 per SM); BLOCK otherwise up to 32768, with up to 4 vectors
+ * per thread when there are many rows (128 threads at hidden 4096: 4096 x 4096 in 13.5 us against 14.0 for
+ * WARP, whose one-warp rows lengthen the last wave) and the most threads per row when there are few;
+ * then SMEM, then TWO_PASS. Grids: WARP up to 64 blocks per SM (one row per warp up to 512 rows per SM:
+ * finer scheduling than 16 blocks looping over 4 rows, 185 against 189 us at 65536 x 4096), BLOCK 2x the
+ * thread limit, SMEM the blocks whose rows fit in shared memory at once, TWO_PASS 4; every kernel loops over
+ * rows, so blocks handle several rows in turn on larger inputs.
  * Block reductions are race-free by construction: every warp writes its own slot s_red[warp], and after a
  * barrier every warp reduces all slots itself, so there is no shared "scale" variable that several warps
  * write; a barrier at the start of each reduction keeps a fast warp from overwriting slots a slow warp is
@@ -37,7 +47,6 @@
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
 #include <float.h>
-#include <stdlib.h>
 #include <stdint.h>
 
 #include <mutex>
@@ -57,6 +66,10 @@ constexpr float kMinScale = 1.17549435082228750797e-38f; /* 2^-126 */
 constexpr int kVecElems = 8;                              /* 16 bytes of bf16/fp16 */
 constexpr int kWarpThreads = 256;                         /* WARP path: 8 rows per block */
 constexpr int kWarpMaxVpt = 16;                           /* WARP path: hidden <= 32 * 16 * 8 = 4096 */
+constexpr int kWarpNarrowVec = 256;     /* AUTO: WARP for rows of <= 256 vectors (hidden 2048) ... */
+constexpr int kWarpManyRowsPerSm = 128; /* ... and for wider ones from 128 rows per SM (8 WARP waves) on */
+constexpr int kWarpBlocksPerSm = 64;    /* WARP grid cap: one row per warp up to 512 rows per SM */
+constexpr int kBlockManyRowsVpt = 4;    /* BLOCK with many rows: up to 4 vectors per thread */
 constexpr int kBlockMaxThreads = 512;
 constexpr int kBlockMaxVpt = 8; /* BLOCK path: hidden <= 512 * 8 * 8 = 32768 */
 constexpr int kBigThreads = 1024; /* SMEM and TWO_PASS */
@@ -95,13 +108,17 @@ struct Cvt<__half> {
 /* ---- 16-byte vectors of a row ------------------------------------------------------------------------------ */
 /* Vector v < nfull is loaded/stored whole (nfull = hidden / 8 when the row is aligned, else 0); the others
  * (the tail, or every vector of a misaligned row) element by element, out of line to keep registers free. */
-__device__ __noinline__ uint4 load_vec_slow(const uint16_t* row, int64_t v, int64_t hidden) {
+__device__ __forceinline__ uint4 load_vec_slow_inline(const uint16_t* row, int64_t v, int64_t hidden) {
   const int64_t e = v * kVecElems;
   uint32_t w[4] = {0, 0, 0, 0};
 #pragma unroll
   for (int i = 0; i < kVecElems; i++)
     if (e + i < hidden) w[i / 2] |= (uint32_t)__ldg(row + e + i) << (16 * (i & 1));
   return make_uint4(w[0], w[1], w[2], w[3]);
+}
+
+__device__ __noinline__ uint4 load_vec_slow(const uint16_t* row, int64_t v, int64_t hidden) {
+  return load_vec_slow_inline(row, v, hidden);
 }
 
 __device__ __noinline__ void store_vec_slow(uint8_t* row, int64_t v, int64_t hidden, uint2 val) {
@@ -123,43 +140,31 @@ __device__ __forceinline__ void store_vec(uint8_t* row, int64_t v, const QuantAr
   else if (v < a.nvec) store_vec_slow(row, v, a.hidden, val);
 }
 
-/* Whole vector v (v < nfull). HINT: streaming cache hints (no L1 allocation and a 256-byte L2 prefetch on
- * the load, evict-first on the store). The asm is volatile so it stays after griddepcontrol.wait. */
-template <bool HINT>
+/* Whole vector v (v < nfull). */
 __device__ __forceinline__ uint4 ldg_vec(const uint16_t* row, int64_t v) {
-  const uint4* p = reinterpret_cast<const uint4*>(row) + v;
-  if (!HINT) return __ldg(p);
-  uint4 r;
-  asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];"
-               : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
-               : "l"(p));
-  return r;
+  return __ldg(reinterpret_cast<const uint4*>(row) + v);
 }
 
-template <bool HINT>
-__device__ __forceinline__ void stg_vec(uint8_t* row, int64_t v, uint2 val) {
-  uint2* p = reinterpret_cast<uint2*>(row) + v;
-  if (!HINT) *p = val;
-  else asm volatile("st.global.cs.v2.u32 [%0], {%1, %2};" ::"l"(p), "r"(val.x), "r"(val.y) : "memory");
-}
+__device__ __forceinline__ void stg_vec(uint8_t* row, int64_t v, uint2 val) { reinterpret_cast<uint2*>(row)[v] = val; }
 
 /* Vectors v0, v0 + step, ... (N of them) of a row into registers, zeros past the end. All the whole-vector
  * loads are issued first, back to back (predicated, no branch or call between them), so a thread has N
  * loads in flight; only then the vectors that need the element-by-element path (a tail, or a misaligned
  * row), which a call out of line would otherwise serialize with the loads. */
-template <bool HINT, int N>
+template <int N, bool INLINE_TAIL = false>
 __device__ __forceinline__ void load_row(uint4 (&r)[N], const uint16_t* x, int64_t v0, int64_t step,
                                          const QuantArgs& a) {
 #pragma unroll
   for (int i = 0; i < N; i++) {
     const int64_t v = v0 + step * i;
-    r[i] = v < a.nfull ? ldg_vec<HINT>(x, v) : make_uint4(0, 0, 0, 0);
+    r[i] = v < a.nfull ? ldg_vec(x, v) : make_uint4(0, 0, 0, 0);
   }
   if (a.nfull < a.nvec) {
 #pragma unroll
     for (int i = 0; i < N; i++) {
       const int64_t v = v0 + step * i;
-      if (v >= a.nfull && v < a.nvec) r[i] = load_vec_slow(x, v, a.hidden);
+      if (v >= a.nfull && v < a.nvec)
+        r[i] = INLINE_TAIL ? load_vec_slow_inline(x, v, a.hidden) : load_vec_slow(x, v, a.hidden);
     }
   }
 }
@@ -242,13 +247,13 @@ __device__ __forceinline__ uint2 vec_quant(uint4 r, float inv) {
 __device__ __forceinline__ float scale_of(float amax) { return fmaxf(amax / kE4M3Max, kMinScale); }
 
 /* The codes of the vectors load_row read (the same v0, step, N), whole vectors first, then the others. */
-template <typename T, bool HINT, int N>
+template <typename T, int N>
 __device__ __forceinline__ void store_row(uint8_t* q, const uint4 (&r)[N], float inv, int64_t v0, int64_t step,
                                           const QuantArgs& a) {
 #pragma unroll
   for (int i = 0; i < N; i++) {
     const int64_t v = v0 + step * i;
-    if (v < a.nfull) stg_vec<HINT>(q, v, vec_quant<T>(r[i], inv));
+    if (v < a.nfull) stg_vec(q, v, vec_quant<T>(r[i], inv));
   }
   if (a.nfull < a.nvec) {
 #pragma unroll
@@ -278,7 +283,7 @@ __device__ __forceinline__ float block_max(float m, float* s_red) {
 }
 
 /* ---- WARP: a warp per row, the row in registers ------------------------------------------------------------- */
-template <typename T, int VPT, bool HINT>
+template <typename T, int VPT>
 __global__ void __launch_bounds__(kWarpThreads, 2) quant_warp_kernel(QuantArgs a) {
   pdl_wait();
   pdl_trigger();
@@ -287,7 +292,7 @@ __global__ void __launch_bounds__(kWarpThreads, 2) quant_warp_kernel(QuantArgs a
   const int64_t step = ((int64_t)gridDim.x * blockDim.x) >> 5;
   for (int64_t row = first; row < a.rows; row += step) { /* uniform per warp */
     uint4 r[VPT];
-    load_row<HINT>(r, a.x + row * a.x_stride, lane, 32, a);
+    load_row(r, a.x + row * a.x_stride, lane, 32, a);
     uint32_t m2 = 0;
 #pragma unroll
     for (int i = 0; i < VPT; i++) m2 = vec_absmax2<T>(r[i], m2);
@@ -299,20 +304,21 @@ __global__ void __launch_bounds__(kWarpThreads, 2) quant_warp_kernel(QuantArgs a
       m = warp_max(m);
     }
     const float scale = scale_of(m);
-    store_row<T, HINT>(a.q + row * a.q_stride, r, 1.0f / scale, lane, 32, a);
+    store_row<T>(a.q + row * a.q_stride, r, 1.0f / scale, lane, 32, a);
     if (lane == 0) a.scales[row] = scale;
   }
 }
 
 /* ---- BLOCK: a block per row, the row in registers ----------------------------------------------------------- */
-template <typename T, int VPT, bool HINT>
+template <typename T, int VPT>
 __global__ void __launch_bounds__(kBlockMaxThreads) quant_block_kernel(QuantArgs a) {
   __shared__ float s_red[32];
   pdl_wait();
   pdl_trigger();
   for (int64_t row = blockIdx.x; row < a.rows; row += gridDim.x) {
     uint4 r[VPT];
-    load_row<HINT>(r, a.x + row * a.x_stride, threadIdx.x, blockDim.x, a);
+    /* VPT 8: with the call, ptxas gives the kernel 64 registers and spills in the callee */
+    load_row<VPT, VPT == 8>(r, a.x + row * a.x_stride, threadIdx.x, blockDim.x, a);
     uint32_t m2 = 0;
 #pragma unroll
     for (int i = 0; i < VPT; i++) m2 = vec_absmax2<T>(r[i], m2);
@@ -324,7 +330,7 @@ __global__ void __launch_bounds__(kBlockMaxThreads) quant_block_kernel(QuantArgs
       m = block_max(m, s_red);
     }
     const float scale = scale_of(m);
-    store_row<T, HINT>(a.q + row * a.q_stride, r, 1.0f / scale, threadIdx.x, blockDim.x, a);
+    store_row<T>(a.q + row * a.q_stride, r, 1.0f / scale, threadIdx.x, blockDim.x, a);
     if (threadIdx.x == 0) a.scales[row] = scale;
   }
 }
@@ -343,7 +349,7 @@ __global__ void __launch_bounds__(kBigThreads) quant_smem_kernel(QuantArgs a) {
     float m = 0.0f;
 #pragma unroll 4
     for (int64_t v = threadIdx.x; v < a.nfull; v += blockDim.x) {
-      const uint4 r = ldg_vec<false>(x, v);
+      const uint4 r = ldg_vec(x, v);
       s_row[v] = r;
       m = vec_absmax<T>(r, m);
     }
@@ -362,7 +368,7 @@ __global__ void __launch_bounds__(kBigThreads) quant_smem_kernel(QuantArgs a) {
     const float inv = 1.0f / scale;
     uint8_t* q = a.q + row * a.q_stride;
 #pragma unroll 4
-    for (int64_t v = threadIdx.x; v < a.nfull; v += blockDim.x) stg_vec<false>(q, v, vec_quant<T>(s_row[v], inv));
+    for (int64_t v = threadIdx.x; v < a.nfull; v += blockDim.x) stg_vec(q, v, vec_quant<T>(s_row[v], inv));
     for (int64_t v = a.nfull + threadIdx.x; v < a.nvec; v += blockDim.x)
       store_vec_slow(q, v, a.hidden, vec_quant<T>(s_row[v], inv));
     if (threadIdx.x == 0) a.scales[row] = scale;
@@ -379,7 +385,7 @@ __global__ void __launch_bounds__(kBigThreads) quant_two_pass_kernel(QuantArgs a
     const uint16_t* x = a.x + row * a.x_stride;
     float m = 0.0f;
 #pragma unroll 4
-    for (int64_t v = threadIdx.x; v < a.nfull; v += blockDim.x) m = vec_absmax<T>(ldg_vec<false>(x, v), m);
+    for (int64_t v = threadIdx.x; v < a.nfull; v += blockDim.x) m = vec_absmax<T>(ldg_vec(x, v), m);
     for (int64_t v = a.nfull + threadIdx.x; v < a.nvec; v += blockDim.x)
       m = vec_absmax<T>(load_vec_slow(x, v, a.hidden), m);
     m = block_max(m, s_red);
@@ -393,7 +399,7 @@ __global__ void __launch_bounds__(kBigThreads) quant_two_pass_kernel(QuantArgs a
     uint8_t* q = a.q + row * a.q_stride;
 #pragma unroll 4
     for (int64_t v = threadIdx.x; v < a.nfull; v += blockDim.x)
-      stg_vec<false>(q, v, vec_quant<T>(ldg_vec<false>(x, v), inv));
+      stg_vec(q, v, vec_quant<T>(ldg_vec(x, v), inv));
     for (int64_t v = a.nfull + threadIdx.x; v < a.nvec; v += blockDim.x)
       store_vec_slow(q, v, a.hidden, vec_quant<T>(load_vec_slow(x, v, a.hidden), inv));
     if (threadIdx.x == 0) a.scales[row] = scale;
@@ -428,19 +434,6 @@ std::mutex g_lock;
 DevInfo g_dev[kMaxDevices];
 int g_pdl = -1; /* TPCOMM_PDL, resolved once */
 
-/* EXPERIMENT (temporary, removed once a variant is chosen): knobs read once from the environment.
- * TPC_QUANT_TPR threads per row for hidden <= 4096 with many rows (32: WARP, 64..512: BLOCK),
- * TPC_QUANT_WPB warps (rows) per WARP block, TPC_QUANT_GRID 0 capped / 1 resident (occupancy) / 2 uncapped,
- * TPC_QUANT_HINT 1: streaming cache hints on the register paths. */
-struct Tuning {
-  int ready, tpr, wpb, grid, hint;
-};
-Tuning g_tune;
-int env_int(const char* name, int def) {
-  const char* v = getenv(name);
-  return v && *v ? atoi(v) : def;
-}
-
 tpc_status_t device_info(const char* fn, DevInfo* out, int* device) {
   int dev = 0;
   cudaError_t err = cudaGetDevice(&dev);
@@ -456,13 +449,6 @@ tpc_status_t device_info(const char* fn, DevInfo* out, int* device) {
     tpc_status_t st = tpc_param_resolve(TPC_P_PDL, TPC_CONFIG_UNDEF, &v);
     if (st != TPC_SUCCESS) return st;
     g_pdl = v ? 1 : 0;
-  }
-  if (!g_tune.ready) {
-    g_tune.tpr = env_int("TPC_QUANT_TPR", 32);
-    g_tune.wpb = env_int("TPC_QUANT_WPB", 8);
-    g_tune.grid = env_int("TPC_QUANT_GRID", 0);
-    g_tune.hint = env_int("TPC_QUANT_HINT", 0);
-    g_tune.ready = 1;
   }
   DevInfo* d = &g_dev[dev];
   if (!d->ready) {
@@ -491,8 +477,9 @@ int64_t smem_max_vec(const DevInfo& d) {
 }
 
 tpc_quant_path_t choose_path(const DevInfo& d, int64_t rows, int64_t nvec) {
-  if (nvec <= 32 * kWarpMaxVpt && rows >= 4 * (int64_t)d.sms)
-    return g_tune.tpr <= 32 ? TPC_QUANT_PATH_WARP : TPC_QUANT_PATH_BLOCK;
+  if (nvec <= 32 * kWarpMaxVpt && rows >= 4 * (int64_t)d.sms &&
+      (nvec <= kWarpNarrowVec || rows >= kWarpManyRowsPerSm * (int64_t)d.sms))
+    return TPC_QUANT_PATH_WARP;
   if (nvec <= (int64_t)kBlockMaxThreads * kBlockMaxVpt) return TPC_QUANT_PATH_BLOCK;
   if (nvec <= smem_max_vec(d)) return TPC_QUANT_PATH_SMEM;
   return TPC_QUANT_PATH_TWO_PASS;
@@ -524,76 +511,59 @@ unsigned grid_of(int64_t work, const DevInfo& d, int per_sm) {
   return (unsigned)(work < 1 ? 1 : (work > cap ? cap : work));
 }
 
-/* EXPERIMENT: the grid for `work` blocks of kernel k: capped at per_sm per SM (GRID 0), the resident blocks
- * (GRID 1), or one block per unit of work (GRID 2). */
-unsigned grid_for(int64_t work, const DevInfo& d, int per_sm, const void* k, int threads) {
-  if (g_tune.grid == 1) {
-    int occ = 0;
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, k, threads, 0) != cudaSuccess || occ < 1) occ = 1;
-    return grid_of(work, d, occ);
-  }
-  if (g_tune.grid == 2) return (unsigned)(work < 1 ? 1 : (work > INT32_MAX ? INT32_MAX : work));
-  return grid_of(work, d, per_sm);
-}
-
-template <typename T, int VPT, bool HINT>
+template <typename T, int VPT>
 cudaError_t launch_warp(const DevInfo& d, const QuantArgs& a, int pdl, cudaStream_t stream) {
   cudaLaunchConfig_t cfg;
   cudaLaunchAttribute attr[1];
-  const int wpb = g_tune.wpb >= 1 && g_tune.wpb <= 8 ? g_tune.wpb : 8;
-  const int64_t rows_per_block = wpb;
-  const void* k = (const void*)quant_warp_kernel<T, VPT, HINT>;
-  launch_cfg(&cfg, attr, dim3(grid_for((a.rows + rows_per_block - 1) / rows_per_block, d, 128 / wpb, k, 32 * wpb)),
-             dim3(32 * wpb), 0, stream);
+  const int64_t rows_per_block = kWarpThreads / 32;
+  launch_cfg(&cfg, attr, dim3(grid_of((a.rows + rows_per_block - 1) / rows_per_block, d, kWarpBlocksPerSm)),
+             dim3(kWarpThreads), 0, stream);
   cfg.numAttrs = pdl;
-  return cudaLaunchKernelEx(&cfg, quant_warp_kernel<T, VPT, HINT>, a);
+  return cudaLaunchKernelEx(&cfg, quant_warp_kernel<T, VPT>, a);
 }
 
-template <typename T, int VPT, bool HINT>
+template <typename T, int VPT>
 cudaError_t launch_block(const DevInfo& d, const QuantArgs& a, int threads, int pdl, cudaStream_t stream) {
   cudaLaunchConfig_t cfg;
   cudaLaunchAttribute attr[1];
-  const void* k = (const void*)quant_block_kernel<T, VPT, HINT>;
-  launch_cfg(&cfg, attr, dim3(grid_for(a.rows, d, 2 * 2048 / threads, k, threads)), dim3((unsigned)threads), 0, stream);
+  launch_cfg(&cfg, attr, dim3(grid_of(a.rows, d, 2 * 2048 / threads)), dim3((unsigned)threads), 0, stream);
   cfg.numAttrs = pdl;
-  return cudaLaunchKernelEx(&cfg, quant_block_kernel<T, VPT, HINT>, a);
+  return cudaLaunchKernelEx(&cfg, quant_block_kernel<T, VPT>, a);
 }
 
-template <typename T, bool HINT>
-cudaError_t launch_registers(const DevInfo& d, tpc_quant_path_t path, const QuantArgs& a, int pdl,
-                             cudaStream_t stream) {
-  if (path == TPC_QUANT_PATH_WARP) {
-    const int64_t need = (a.nvec + 31) / 32;
-    if (need <= 1) return launch_warp<T, 1, HINT>(d, a, pdl, stream);
-    if (need <= 2) return launch_warp<T, 2, HINT>(d, a, pdl, stream);
-    if (need <= 4) return launch_warp<T, 4, HINT>(d, a, pdl, stream);
-    if (need <= 8) return launch_warp<T, 8, HINT>(d, a, pdl, stream);
-    return launch_warp<T, 16, HINT>(d, a, pdl, stream);
-  }
-  /* the fewest vectors per thread that fit in kBlockMaxThreads threads: most parallelism per row */
-  int vpt = 1, threads;
-  if (g_tune.tpr > 32 && a.nvec <= (int64_t)g_tune.tpr * kBlockMaxVpt && g_tune.tpr <= kBlockMaxThreads) {
-    while ((a.nvec + vpt - 1) / vpt > g_tune.tpr) vpt *= 2; /* EXPERIMENT: TPC_QUANT_TPR threads */
-  } else {
-    while ((a.nvec + vpt - 1) / vpt > kBlockMaxThreads) vpt *= 2;
-  }
-  threads = (int)(((a.nvec + vpt - 1) / vpt + 31) / 32 * 32);
-  switch (vpt) {
-    case 1: return launch_block<T, 1, HINT>(d, a, threads, pdl, stream);
-    case 2: return launch_block<T, 2, HINT>(d, a, threads, pdl, stream);
-    case 4: return launch_block<T, 4, HINT>(d, a, threads, pdl, stream);
-    default: return launch_block<T, 8, HINT>(d, a, threads, pdl, stream);
-  }
+/* Vectors per thread of the BLOCK path: the fewest that fit in kBlockMaxThreads threads (most threads per
+ * row: what a few rows need), raised towards kBlockManyRowsVpt when there are many rows (fewer, longer
+ * threads per row: more rows in flight per SM and less reduction per byte), keeping at least a warp. */
+int block_vpt(const DevInfo& d, int64_t rows, int64_t nvec) {
+  int vpt = 1;
+  while ((nvec + vpt - 1) / vpt > kBlockMaxThreads) vpt *= 2;
+  if (rows >= 4 * (int64_t)d.sms)
+    while (vpt < kBlockManyRowsVpt && (nvec + 2 * vpt - 1) / (2 * vpt) >= 32) vpt *= 2;
+  return vpt;
 }
 
 template <typename T>
 cudaError_t launch_per_token(const DevInfo& d, int dev, tpc_quant_path_t path, const QuantArgs& a, int pdl,
                              cudaStream_t stream) {
   switch (path) {
-    case TPC_QUANT_PATH_WARP:
-    case TPC_QUANT_PATH_BLOCK:
-      return g_tune.hint ? launch_registers<T, true>(d, path, a, pdl, stream)
-                         : launch_registers<T, false>(d, path, a, pdl, stream);
+    case TPC_QUANT_PATH_WARP: {
+      const int64_t need = (a.nvec + 31) / 32;
+      if (need <= 1) return launch_warp<T, 1>(d, a, pdl, stream);
+      if (need <= 2) return launch_warp<T, 2>(d, a, pdl, stream);
+      if (need <= 4) return launch_warp<T, 4>(d, a, pdl, stream);
+      if (need <= 8) return launch_warp<T, 8>(d, a, pdl, stream);
+      return launch_warp<T, 16>(d, a, pdl, stream);
+    }
+    case TPC_QUANT_PATH_BLOCK: {
+      const int vpt = block_vpt(d, a.rows, a.nvec);
+      const int threads = (int)(((a.nvec + vpt - 1) / vpt + 31) / 32 * 32);
+      switch (vpt) {
+        case 1: return launch_block<T, 1>(d, a, threads, pdl, stream);
+        case 2: return launch_block<T, 2>(d, a, threads, pdl, stream);
+        case 4: return launch_block<T, 4>(d, a, threads, pdl, stream);
+        default: return launch_block<T, 8>(d, a, threads, pdl, stream);
+      }
+    }
     case TPC_QUANT_PATH_SMEM: {
       const int idx = std::is_same<T, __half>::value ? 1 : 0;
       const int64_t max_bytes = smem_max_vec(d) * 16;
