@@ -21,9 +21,19 @@
  *          cudaFuncSetAttribute). Each thread reads back only the vectors it wrote itself.
  *   TWO_PASS quant_two_pass_kernel<T>: as SMEM without the staging; the row is read twice.
  *   static quant_static_kernel<T>: one vector per thread per row, grid (vectors, rows).
- * Grids are capped near the resident capacity (WARP 16 blocks per SM, BLOCK 2x the thread limit, SMEM the
- * blocks whose rows fit in shared memory at once, TWO_PASS 4) and every kernel loops over rows, so blocks
- * handle several rows in turn on large inputs.
+ * Bytes in flight: WARP and BLOCK issue all the 16-byte loads of a thread's share of the row back to back
+ * (load_row: predicated loads first, the element-by-element tail or misaligned vectors after them), so a
+ * WARP SM holds 16 rows = 128 KB in flight at hidden 4096. (Calling the out-of-line tail loader between the
+ * loads, as this file once did, made ptxas consume each load before issuing the next: one 16-byte load in
+ * flight per thread, 324 us instead of 189 us at 65536 x 4096 on H200.)
+ * AUTO (choose_path): WARP for rows of <= 4096 elements and >= 4 rows per SM when the row is narrow
+ * (<= 2048 elements) or the rows are many (>= 128 per SM); BLOCK otherwise up to 32768, with up to 4 vectors
+ * per thread when there are many rows (128 threads at hidden 4096: 4096 x 4096 in 13.5 us against 14.0 for
+ * WARP, whose one-warp rows lengthen the last wave) and the most threads per row when there are few;
+ * then SMEM, then TWO_PASS. Grids: WARP up to 64 blocks per SM (one row per warp up to 512 rows per SM:
+ * finer scheduling than 16 blocks looping over 4 rows, 185 against 189 us at 65536 x 4096), BLOCK 2x the
+ * thread limit, SMEM the blocks whose rows fit in shared memory at once, TWO_PASS 4; every kernel loops over
+ * rows, so blocks handle several rows in turn on larger inputs.
  * Block reductions are race-free by construction: every warp writes its own slot s_red[warp], and after a
  * barrier every warp reduces all slots itself, so there is no shared "scale" variable that several warps
  * write; a barrier at the start of each reduction keeps a fast warp from overwriting slots a slow warp is
@@ -56,6 +66,10 @@ constexpr float kMinScale = 1.17549435082228750797e-38f; /* 2^-126 */
 constexpr int kVecElems = 8;                              /* 16 bytes of bf16/fp16 */
 constexpr int kWarpThreads = 256;                         /* WARP path: 8 rows per block */
 constexpr int kWarpMaxVpt = 16;                           /* WARP path: hidden <= 32 * 16 * 8 = 4096 */
+constexpr int kWarpNarrowVec = 256;     /* AUTO: WARP for rows of <= 256 vectors (hidden 2048) ... */
+constexpr int kWarpManyRowsPerSm = 128; /* ... and for wider ones from 128 rows per SM (8 WARP waves) on */
+constexpr int kWarpBlocksPerSm = 64;    /* WARP grid cap: one row per warp up to 512 rows per SM */
+constexpr int kBlockManyRowsVpt = 4;    /* BLOCK with many rows: up to 4 vectors per thread */
 constexpr int kBlockMaxThreads = 512;
 constexpr int kBlockMaxVpt = 8; /* BLOCK path: hidden <= 512 * 8 * 8 = 32768 */
 constexpr int kBigThreads = 1024; /* SMEM and TWO_PASS */
@@ -94,13 +108,17 @@ struct Cvt<__half> {
 /* ---- 16-byte vectors of a row ------------------------------------------------------------------------------ */
 /* Vector v < nfull is loaded/stored whole (nfull = hidden / 8 when the row is aligned, else 0); the others
  * (the tail, or every vector of a misaligned row) element by element, out of line to keep registers free. */
-__device__ __noinline__ uint4 load_vec_slow(const uint16_t* row, int64_t v, int64_t hidden) {
+__device__ __forceinline__ uint4 load_vec_slow_inline(const uint16_t* row, int64_t v, int64_t hidden) {
   const int64_t e = v * kVecElems;
   uint32_t w[4] = {0, 0, 0, 0};
 #pragma unroll
   for (int i = 0; i < kVecElems; i++)
     if (e + i < hidden) w[i / 2] |= (uint32_t)__ldg(row + e + i) << (16 * (i & 1));
   return make_uint4(w[0], w[1], w[2], w[3]);
+}
+
+__device__ __noinline__ uint4 load_vec_slow(const uint16_t* row, int64_t v, int64_t hidden) {
+  return load_vec_slow_inline(row, v, hidden);
 }
 
 __device__ __noinline__ void store_vec_slow(uint8_t* row, int64_t v, int64_t hidden, uint2 val) {
@@ -110,7 +128,7 @@ __device__ __noinline__ void store_vec_slow(uint8_t* row, int64_t v, int64_t hid
     if (e + i < hidden) row[e + i] = (uint8_t)(((i < 4 ? val.x : val.y) >> (8 * (i & 3))) & 0xffu);
 }
 
-/* Vector v of the row (zeros past the end). */
+/* Vector v of the row (zeros past the end): the static kernel, one vector per thread. */
 __device__ __forceinline__ uint4 load_vec(const uint16_t* row, int64_t v, const QuantArgs& a) {
   if (v < a.nfull) return __ldg(reinterpret_cast<const uint4*>(row) + v);
   if (v < a.nvec) return load_vec_slow(row, v, a.hidden);
@@ -120,6 +138,35 @@ __device__ __forceinline__ uint4 load_vec(const uint16_t* row, int64_t v, const 
 __device__ __forceinline__ void store_vec(uint8_t* row, int64_t v, const QuantArgs& a, uint2 val) {
   if (v < a.nfull) reinterpret_cast<uint2*>(row)[v] = val;
   else if (v < a.nvec) store_vec_slow(row, v, a.hidden, val);
+}
+
+/* Whole vector v (v < nfull). */
+__device__ __forceinline__ uint4 ldg_vec(const uint16_t* row, int64_t v) {
+  return __ldg(reinterpret_cast<const uint4*>(row) + v);
+}
+
+__device__ __forceinline__ void stg_vec(uint8_t* row, int64_t v, uint2 val) { reinterpret_cast<uint2*>(row)[v] = val; }
+
+/* Vectors v0, v0 + step, ... (N of them) of a row into registers, zeros past the end. All the whole-vector
+ * loads are issued first, back to back (predicated, no branch or call between them), so a thread has N
+ * loads in flight; only then the vectors that need the element-by-element path (a tail, or a misaligned
+ * row), which a call out of line would otherwise serialize with the loads. */
+template <int N, bool INLINE_TAIL = false>
+__device__ __forceinline__ void load_row(uint4 (&r)[N], const uint16_t* x, int64_t v0, int64_t step,
+                                         const QuantArgs& a) {
+#pragma unroll
+  for (int i = 0; i < N; i++) {
+    const int64_t v = v0 + step * i;
+    r[i] = v < a.nfull ? ldg_vec(x, v) : make_uint4(0, 0, 0, 0);
+  }
+  if (a.nfull < a.nvec) {
+#pragma unroll
+    for (int i = 0; i < N; i++) {
+      const int64_t v = v0 + step * i;
+      if (v >= a.nfull && v < a.nvec)
+        r[i] = INLINE_TAIL ? load_vec_slow_inline(x, v, a.hidden) : load_vec_slow(x, v, a.hidden);
+    }
+  }
 }
 
 /* Absolute maximum in packed 16-bit arithmetic: m2 holds two running maxima (bf16x2 or half2), updated
@@ -199,6 +246,24 @@ __device__ __forceinline__ uint2 vec_quant(uint4 r, float inv) {
 
 __device__ __forceinline__ float scale_of(float amax) { return fmaxf(amax / kE4M3Max, kMinScale); }
 
+/* The codes of the vectors load_row read (the same v0, step, N), whole vectors first, then the others. */
+template <typename T, int N>
+__device__ __forceinline__ void store_row(uint8_t* q, const uint4 (&r)[N], float inv, int64_t v0, int64_t step,
+                                          const QuantArgs& a) {
+#pragma unroll
+  for (int i = 0; i < N; i++) {
+    const int64_t v = v0 + step * i;
+    if (v < a.nfull) stg_vec(q, v, vec_quant<T>(r[i], inv));
+  }
+  if (a.nfull < a.nvec) {
+#pragma unroll
+    for (int i = 0; i < N; i++) {
+      const int64_t v = v0 + step * i;
+      if (v >= a.nfull && v < a.nvec) store_vec_slow(q, v, a.hidden, vec_quant<T>(r[i], inv));
+    }
+  }
+}
+
 /* ---- reductions -------------------------------------------------------------------------------------------- */
 __device__ __forceinline__ float warp_max(float m) {
 #pragma unroll
@@ -226,14 +291,11 @@ __global__ void __launch_bounds__(kWarpThreads, 2) quant_warp_kernel(QuantArgs a
   const int64_t first = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
   const int64_t step = ((int64_t)gridDim.x * blockDim.x) >> 5;
   for (int64_t row = first; row < a.rows; row += step) { /* uniform per warp */
-    const uint16_t* x = a.x + row * a.x_stride;
     uint4 r[VPT];
+    load_row(r, a.x + row * a.x_stride, lane, 32, a);
     uint32_t m2 = 0;
 #pragma unroll
-    for (int i = 0; i < VPT; i++) {
-      r[i] = load_vec(x, lane + 32 * i, a);
-      m2 = vec_absmax2<T>(r[i], m2);
-    }
+    for (int i = 0; i < VPT; i++) m2 = vec_absmax2<T>(r[i], m2);
     float m = warp_max(absmax2_to_float<T>(m2));
     if (!(m <= FLT_MAX)) { /* +Inf in the row: the max over finite elements */
       m = 0.0f;
@@ -242,13 +304,7 @@ __global__ void __launch_bounds__(kWarpThreads, 2) quant_warp_kernel(QuantArgs a
       m = warp_max(m);
     }
     const float scale = scale_of(m);
-    const float inv = 1.0f / scale;
-    uint8_t* q = a.q + row * a.q_stride;
-#pragma unroll
-    for (int i = 0; i < VPT; i++) {
-      const int64_t v = lane + 32 * i;
-      if (v < a.nvec) store_vec(q, v, a, vec_quant<T>(r[i], inv));
-    }
+    store_row<T>(a.q + row * a.q_stride, r, 1.0f / scale, lane, 32, a);
     if (lane == 0) a.scales[row] = scale;
   }
 }
@@ -260,14 +316,12 @@ __global__ void __launch_bounds__(kBlockMaxThreads) quant_block_kernel(QuantArgs
   pdl_wait();
   pdl_trigger();
   for (int64_t row = blockIdx.x; row < a.rows; row += gridDim.x) {
-    const uint16_t* x = a.x + row * a.x_stride;
     uint4 r[VPT];
+    /* VPT 8: with the call, ptxas gives the kernel 64 registers and spills in the callee */
+    load_row<VPT, VPT == 8>(r, a.x + row * a.x_stride, threadIdx.x, blockDim.x, a);
     uint32_t m2 = 0;
 #pragma unroll
-    for (int i = 0; i < VPT; i++) {
-      r[i] = load_vec(x, threadIdx.x + (int64_t)blockDim.x * i, a);
-      m2 = vec_absmax2<T>(r[i], m2);
-    }
+    for (int i = 0; i < VPT; i++) m2 = vec_absmax2<T>(r[i], m2);
     float m = block_max(absmax2_to_float<T>(m2), s_red);
     if (!(m <= FLT_MAX)) { /* uniform: every thread has the same m */
       m = 0.0f;
@@ -276,18 +330,14 @@ __global__ void __launch_bounds__(kBlockMaxThreads) quant_block_kernel(QuantArgs
       m = block_max(m, s_red);
     }
     const float scale = scale_of(m);
-    const float inv = 1.0f / scale;
-    uint8_t* q = a.q + row * a.q_stride;
-#pragma unroll
-    for (int i = 0; i < VPT; i++) {
-      const int64_t v = threadIdx.x + (int64_t)blockDim.x * i;
-      if (v < a.nvec) store_vec(q, v, a, vec_quant<T>(r[i], inv));
-    }
+    store_row<T>(a.q + row * a.q_stride, r, 1.0f / scale, threadIdx.x, blockDim.x, a);
     if (threadIdx.x == 0) a.scales[row] = scale;
   }
 }
 
 /* ---- SMEM: a block per row, the row in dynamic shared memory ------------------------------------------------ */
+/* The streaming loops below run over the whole vectors first (loads unrolled and in flight together), then
+ * over the vectors that need the element-by-element path. */
 template <typename T>
 __global__ void __launch_bounds__(kBigThreads) quant_smem_kernel(QuantArgs a) {
   extern __shared__ uint4 s_row[]; /* nvec vectors; vector v is written and read by thread v % blockDim */
@@ -298,8 +348,13 @@ __global__ void __launch_bounds__(kBigThreads) quant_smem_kernel(QuantArgs a) {
     const uint16_t* x = a.x + row * a.x_stride;
     float m = 0.0f;
 #pragma unroll 4
-    for (int64_t v = threadIdx.x; v < a.nvec; v += blockDim.x) {
-      const uint4 r = load_vec(x, v, a);
+    for (int64_t v = threadIdx.x; v < a.nfull; v += blockDim.x) {
+      const uint4 r = ldg_vec(x, v);
+      s_row[v] = r;
+      m = vec_absmax<T>(r, m);
+    }
+    for (int64_t v = a.nfull + threadIdx.x; v < a.nvec; v += blockDim.x) {
+      const uint4 r = load_vec_slow(x, v, a.hidden);
       s_row[v] = r;
       m = vec_absmax<T>(r, m);
     }
@@ -313,7 +368,9 @@ __global__ void __launch_bounds__(kBigThreads) quant_smem_kernel(QuantArgs a) {
     const float inv = 1.0f / scale;
     uint8_t* q = a.q + row * a.q_stride;
 #pragma unroll 4
-    for (int64_t v = threadIdx.x; v < a.nvec; v += blockDim.x) store_vec(q, v, a, vec_quant<T>(s_row[v], inv));
+    for (int64_t v = threadIdx.x; v < a.nfull; v += blockDim.x) stg_vec(q, v, vec_quant<T>(s_row[v], inv));
+    for (int64_t v = a.nfull + threadIdx.x; v < a.nvec; v += blockDim.x)
+      store_vec_slow(q, v, a.hidden, vec_quant<T>(s_row[v], inv));
     if (threadIdx.x == 0) a.scales[row] = scale;
   }
 }
@@ -328,20 +385,23 @@ __global__ void __launch_bounds__(kBigThreads) quant_two_pass_kernel(QuantArgs a
     const uint16_t* x = a.x + row * a.x_stride;
     float m = 0.0f;
 #pragma unroll 4
-    for (int64_t v = threadIdx.x; v < a.nvec; v += blockDim.x) m = vec_absmax<T>(load_vec(x, v, a), m);
+    for (int64_t v = threadIdx.x; v < a.nfull; v += blockDim.x) m = vec_absmax<T>(ldg_vec(x, v), m);
+    for (int64_t v = a.nfull + threadIdx.x; v < a.nvec; v += blockDim.x)
+      m = vec_absmax<T>(load_vec_slow(x, v, a.hidden), m);
     m = block_max(m, s_red);
     if (!(m <= FLT_MAX)) {
       m = 0.0f;
-      for (int64_t v = threadIdx.x; v < a.nvec; v += blockDim.x)
-        m = vec_absmax_finite<T>(load_vec(x, v, a), m);
+      for (int64_t v = threadIdx.x; v < a.nvec; v += blockDim.x) m = vec_absmax_finite<T>(load_vec(x, v, a), m);
       m = block_max(m, s_red);
     }
     const float scale = scale_of(m);
     const float inv = 1.0f / scale;
     uint8_t* q = a.q + row * a.q_stride;
 #pragma unroll 4
-    for (int64_t v = threadIdx.x; v < a.nvec; v += blockDim.x)
-      store_vec(q, v, a, vec_quant<T>(load_vec(x, v, a), inv));
+    for (int64_t v = threadIdx.x; v < a.nfull; v += blockDim.x)
+      stg_vec(q, v, vec_quant<T>(ldg_vec(x, v), inv));
+    for (int64_t v = a.nfull + threadIdx.x; v < a.nvec; v += blockDim.x)
+      store_vec_slow(q, v, a.hidden, vec_quant<T>(load_vec_slow(x, v, a.hidden), inv));
     if (threadIdx.x == 0) a.scales[row] = scale;
   }
 }
@@ -417,7 +477,9 @@ int64_t smem_max_vec(const DevInfo& d) {
 }
 
 tpc_quant_path_t choose_path(const DevInfo& d, int64_t rows, int64_t nvec) {
-  if (nvec <= 32 * kWarpMaxVpt && rows >= 4 * (int64_t)d.sms) return TPC_QUANT_PATH_WARP;
+  if (nvec <= 32 * kWarpMaxVpt && rows >= 4 * (int64_t)d.sms &&
+      (nvec <= kWarpNarrowVec || rows >= kWarpManyRowsPerSm * (int64_t)d.sms))
+    return TPC_QUANT_PATH_WARP;
   if (nvec <= (int64_t)kBlockMaxThreads * kBlockMaxVpt) return TPC_QUANT_PATH_BLOCK;
   if (nvec <= smem_max_vec(d)) return TPC_QUANT_PATH_SMEM;
   return TPC_QUANT_PATH_TWO_PASS;
@@ -454,8 +516,8 @@ cudaError_t launch_warp(const DevInfo& d, const QuantArgs& a, int pdl, cudaStrea
   cudaLaunchConfig_t cfg;
   cudaLaunchAttribute attr[1];
   const int64_t rows_per_block = kWarpThreads / 32;
-  launch_cfg(&cfg, attr, dim3(grid_of((a.rows + rows_per_block - 1) / rows_per_block, d, 16)), dim3(kWarpThreads), 0,
-             stream);
+  launch_cfg(&cfg, attr, dim3(grid_of((a.rows + rows_per_block - 1) / rows_per_block, d, kWarpBlocksPerSm)),
+             dim3(kWarpThreads), 0, stream);
   cfg.numAttrs = pdl;
   return cudaLaunchKernelEx(&cfg, quant_warp_kernel<T, VPT>, a);
 }
@@ -467,6 +529,17 @@ cudaError_t launch_block(const DevInfo& d, const QuantArgs& a, int threads, int 
   launch_cfg(&cfg, attr, dim3(grid_of(a.rows, d, 2 * 2048 / threads)), dim3((unsigned)threads), 0, stream);
   cfg.numAttrs = pdl;
   return cudaLaunchKernelEx(&cfg, quant_block_kernel<T, VPT>, a);
+}
+
+/* Vectors per thread of the BLOCK path: the fewest that fit in kBlockMaxThreads threads (most threads per
+ * row: what a few rows need), raised towards kBlockManyRowsVpt when there are many rows (fewer, longer
+ * threads per row: more rows in flight per SM and less reduction per byte), keeping at least a warp. */
+int block_vpt(const DevInfo& d, int64_t rows, int64_t nvec) {
+  int vpt = 1;
+  while ((nvec + vpt - 1) / vpt > kBlockMaxThreads) vpt *= 2;
+  if (rows >= 4 * (int64_t)d.sms)
+    while (vpt < kBlockManyRowsVpt && (nvec + 2 * vpt - 1) / (2 * vpt) >= 32) vpt *= 2;
+  return vpt;
 }
 
 template <typename T>
@@ -482,9 +555,7 @@ cudaError_t launch_per_token(const DevInfo& d, int dev, tpc_quant_path_t path, c
       return launch_warp<T, 16>(d, a, pdl, stream);
     }
     case TPC_QUANT_PATH_BLOCK: {
-      /* the fewest vectors per thread that fit in kBlockMaxThreads threads: most parallelism per row */
-      int vpt = 1;
-      while ((a.nvec + vpt - 1) / vpt > kBlockMaxThreads) vpt *= 2;
+      const int vpt = block_vpt(d, a.rows, a.nvec);
       const int threads = (int)(((a.nvec + vpt - 1) / vpt + 31) / 32 * 32);
       switch (vpt) {
         case 1: return launch_block<T, 1>(d, a, threads, pdl, stream);

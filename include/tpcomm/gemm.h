@@ -69,8 +69,9 @@ tpc_status_t tpc_quant_fp8_per_token_ex(void* q_out, float* scales, const void* 
                                         int64_t x_stride, int64_t q_stride, tpc_dtype_t dtype,
                                         tpc_quant_path_t path, cudaStream_t stream);
 
-/* The path AUTO uses for this shape on the current device: WARP when hidden <= 4096 and rows >= 4 x the
- * SM count, else BLOCK up to hidden 32768, else SMEM while the row fits in shared memory, else TWO_PASS. */
+/* The path AUTO uses for this shape on the current device: WARP when hidden <= 4096, rows >= 4 x the SM
+ * count and either hidden <= 2048 or rows >= 128 x the SM count; else BLOCK up to hidden 32768, else SMEM
+ * while the row fits in shared memory, else TWO_PASS. */
 tpc_status_t tpc_quant_fp8_per_token_path(int64_t rows, int64_t hidden, tpc_dtype_t dtype, tpc_quant_path_t* path);
 
 /* Static (per-tensor) quantization: q[t][i] = e4m3(x[t][i] * (1 / s)) with s = *scale read on the device

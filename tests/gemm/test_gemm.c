@@ -459,7 +459,8 @@ static int64_t round_up(int64_t v, int64_t a) { return (v + a - 1) / a * a; }
 Test(quant_gpu, per_token_every_path_and_tail, .timeout = 600) {
   need_gpu();
   const int64_t hiddens[] = {1, 7, 8, 9, 100, 1368, 4096, 4097, 8200};
-  const int64_t rows_list[] = {6, 37, 600}; /* 600 >= 4 x SMs on H100/H200: AUTO takes WARP for short rows */
+  const int64_t rows_list[] = {6, 37, 600}; /* 600 >= 4 x SMs on H100/H200: AUTO takes WARP up to hidden 2048,
+                                               BLOCK with 4 vectors per thread at 4096 and 4097 */
   const tpc_quant_path_t paths[] = {TPC_QUANT_PATH_AUTO, TPC_QUANT_PATH_WARP, TPC_QUANT_PATH_BLOCK, TPC_QUANT_PATH_SMEM,
                                     TPC_QUANT_PATH_TWO_PASS};
   for (size_t h = 0; h < sizeof hiddens / sizeof hiddens[0]; h++)
@@ -475,9 +476,11 @@ Test(quant_gpu, per_token_every_path_and_tail, .timeout = 600) {
 Test(quant_gpu, blocks_loop_over_rows, .timeout = 600) {
   need_gpu();
   /* more rows than each path's capped grid holds: every block (or warp) quantizes several rows in turn */
-  quant_case(20000, 64, 0, TPC_QUANT_PATH_WARP, 64, 64, 0);
-  quant_case(20000, 61, 1, TPC_QUANT_PATH_WARP, 61, 61, 0);
-  quant_case(2000, 4097, 0, TPC_QUANT_PATH_BLOCK, 4104, 4104, 0);
+  /* WARP: 8 rows per block, at most 64 blocks per SM (67584 rows per pass on 132 SMs); BLOCK at 4097 with
+   * many rows: 4 vectors per thread, 160 threads, at most 25 blocks per SM (3300 rows per pass) */
+  quant_case(70000, 64, 0, TPC_QUANT_PATH_WARP, 64, 64, 0);
+  quant_case(70000, 61, 1, TPC_QUANT_PATH_WARP, 61, 61, 0);
+  quant_case(5000, 4097, 0, TPC_QUANT_PATH_BLOCK, 4104, 4104, 0);
   quant_case(10000, 300, 1, TPC_QUANT_PATH_BLOCK, 304, 304, 0);
   quant_case(2000, 1000, 0, TPC_QUANT_PATH_TWO_PASS, 1000, 1000, 0);
   quant_case(12000, 1000, 1, TPC_QUANT_PATH_SMEM, 1000, 1000, 0);
@@ -502,8 +505,12 @@ Test(quant_gpu, shared_memory_path_is_reachable_and_exact, .timeout = 600) {
   tpc_quant_path_t path;
   TPC_OK(tpc_quant_fp8_per_token_path(300, 40000, TPC_BFLOAT16, &path));
   cr_assert_eq(path, TPC_QUANT_PATH_SMEM, "hidden 40000 should use the shared-memory path, got %s", tpc_quant_path_name(path));
+  TPC_OK(tpc_quant_fp8_per_token_path(600, 2048, TPC_BFLOAT16, &path));
+  cr_assert_eq(path, TPC_QUANT_PATH_WARP, "600 x 2048 should use the warp path, got %s", tpc_quant_path_name(path));
   TPC_OK(tpc_quant_fp8_per_token_path(600, 4096, TPC_BFLOAT16, &path));
-  cr_assert_eq(path, TPC_QUANT_PATH_WARP, "600 x 4096 should use the warp path, got %s", tpc_quant_path_name(path));
+  cr_assert_eq(path, TPC_QUANT_PATH_BLOCK, "600 x 4096 should use the block path, got %s", tpc_quant_path_name(path));
+  TPC_OK(tpc_quant_fp8_per_token_path(20000, 4096, TPC_BFLOAT16, &path));
+  cr_assert_eq(path, TPC_QUANT_PATH_WARP, "20000 x 4096 should use the warp path, got %s", tpc_quant_path_name(path));
   TPC_OK(tpc_quant_fp8_per_token_path(16, 4096, TPC_BFLOAT16, &path));
   cr_assert_eq(path, TPC_QUANT_PATH_BLOCK, "16 x 4096 should use the block path, got %s", tpc_quant_path_name(path));
   TPC_OK(tpc_quant_fp8_per_token_path(4, 200000, TPC_FLOAT16, &path));
