@@ -107,12 +107,31 @@ tpc_status_t tpc_gemm_handle_destroy(tpc_gemm_handle_t handle);
  * (both may be NULL). A repeated shape adds neither. */
 tpc_status_t tpc_gemm_handle_stats(tpc_gemm_handle_t handle, int64_t* plans, int64_t* heuristic_queries);
 
-/* Autotuning, off by default (0 or 1: the heuristic's first algorithm). candidates > 1 (at most 16): when
- * a plan is made outside graph capture, up to that many of cuBLASLt's candidates are timed on the call's
- * own operands (a warm-up and 3 runs each; the stream is synchronized, so the first call of each shape
- * blocks) and the fastest is kept. Plans made earlier keep their algorithm. Still one heuristic query per
- * plan. */
+/* Autotuning, off by default (0 or 1: the heuristic's first algorithm; the environment variable
+ * TPCOMM_GEMM_AUTOTUNE sets the default of new handles). candidates > 1 (at most 16): each cuBLASLt plan is
+ * tuned at its first call outside graph capture: the first `candidates` of the heuristic's results plus
+ * split-K variants (K split 2..16 ways with an fp32 reduction in the workspace) of its first 4 are timed on
+ * the call's own operands (a warm-up, then 2..100 runs, about 0.3 ms each; the stream is synchronized, so
+ * that call blocks for a few to a few hundred milliseconds) and the fastest is kept in the plan. A call
+ * made while its stream is capturing (cudaStreamIsCapturing) cannot time anything: it runs the
+ * heuristic's first algorithm, and the plan is tuned at its next call outside capture, so a graph
+ * captured before that keeps the untuned algorithm — run each shape once eagerly before capturing. Operands
+ * that fit in L2 stay there across the trials, so small shapes are tuned with a warm L2. Still one
+ * heuristic query per plan; GEMMs served by the skinny kernel (below) are not tuned. */
 tpc_status_t tpc_gemm_handle_set_autotune(tpc_gemm_handle_t handle, int candidates);
+/* How many plans autotuning has tuned so far (a plan whose trials all failed keeps the heuristic's first
+ * algorithm and is not counted). */
+tpc_status_t tpc_gemm_handle_autotuned(tpc_gemm_handle_t handle, int64_t* plans_tuned);
+
+/* The skinny kernel (kernels/gemm_skinny.cu), on by default (TPCOMM_GEMM_SKINNY=0 turns it off for new
+ * handles): tpc_gemm, tpc_merged_linear_forward and tpc_gemm_strided_batched with batch 1 at m <= 16 run a
+ * tensor-core kernel of tpcomm instead of cuBLASLt when k, x_ld and w_ld are multiples of 8, x and W are
+ * 16-byte aligned, and n >= 256 or k <= 4096. It streams the weight once (the product is bound by the weight
+ * read at these m), accumulates in fp32 and rounds once, like cuBLASLt, but in another order (results agree
+ * within the usual rounding, not bit for bit). No plan, workspace or heuristic query. With PDL on, the
+ * merged linear's weight loads start before the previous kernel has finished (nothing writes that weight
+ * after tpc_merged_linear_create). enable: 0 or 1; TPC_ERR_UNSUPPORTED below compute capability 8.0. */
+tpc_status_t tpc_gemm_handle_set_skinny(tpc_gemm_handle_t handle, int enable);
 
 /* y = x . W^T (see above). */
 tpc_status_t tpc_gemm(tpc_gemm_handle_t handle, int64_t m, int64_t n, int64_t k, const void* x, int64_t x_ld,
