@@ -11,7 +11,9 @@
  * logical k is a permutation of the physical k, the same for A (weights, row-major 16 x 16) and B (x,
  * "col" 16 x 8): in step s (0, 1) of a run, logical k 2t,2t+1 is physical 8t+4s+{0,1} and logical 2t+8,2t+9
  * is physical 8t+4s+2+{0,1} — exactly the 32-bit words 2s and 2s+1 of each lane's 16-byte loads, so no
- * shuffles are needed. The 8 warps' fp32 partial sums meet in shared memory; one thread per (row, token)
+ * shuffles are needed. Before anything else, 16 threads of the block ask for its 16 weight rows with
+ * cp.async.bulk.prefetch.L2 (sm_90), so the whole weight streams from DRAM at once while the warps' own
+ * loads (5 runs per chunk) follow from L2. The 8 warps' fp32 partial sums meet in shared memory; one thread per (row, token)
  * adds them in warp order, rounds once (to nearest even) and stores. Deterministic, no atomics, no workspace.
  *
  * Requirements (checked by the caller): 1 <= m <= 16, k, x_ld and w_ld multiples of 8, x and w 16-byte
@@ -33,7 +35,7 @@ constexpr int kWarps = 8;
 constexpr int kThreads = kWarps * 32;
 constexpr int kRows = 16; /* weight rows (output columns) per block */
 constexpr int kRun = 32;  /* k per lane group and step pair */
-constexpr int kUnroll = 4; /* runs loaded before the first mma of a chunk */
+constexpr int kUnroll = 5; /* runs loaded before the first mma of a chunk (k 2304: 9 runs per warp, 2 chunks) */
 
 using tpc::pdl_trigger;
 using tpc::pdl_wait;
@@ -74,11 +76,28 @@ __device__ __forceinline__ uint4 ld16_stream(const void* p) {
                : "l"(p));
   return v;
 }
+/* The block's weight rows into L2 with bulk prefetches (no registers, no shared memory): the whole weight is
+ * requested from DRAM at once, and the warps' chunked loads then mostly hit L2. Safe before the PDL wait:
+ * L2 is the GPU's point of coherence, so a line prefetched there is never stale. */
+__device__ __forceinline__ void prefetch_rows_l2(const void* w, int64_t w_ld_bytes, int64_t row0, int64_t n,
+                                                 int64_t row_bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  if (threadIdx.x < kRows && row0 + threadIdx.x < n) {
+    const char* p = static_cast<const char*>(w) + (row0 + threadIdx.x) * w_ld_bytes;
+    for (int64_t off = 0; off < row_bytes; off += (int64_t)1 << 20) {
+      const int64_t left = row_bytes - off;
+      const uint32_t len = (uint32_t)(left < ((int64_t)1 << 20) ? left : ((int64_t)1 << 20));
+      asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p + off), "r"(len) : "memory");
+    }
+  }
+#endif
+}
+
 __device__ __forceinline__ uint32_t word(const uint4& v, int i) { return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w; }
 
 /* NT token tiles of 8 (1: m <= 8, 2: m <= 16). */
 template <typename T, int NT>
-__global__ void __launch_bounds__(kThreads) gemm_skinny_kernel(const T* __restrict__ w, int64_t w_ld,
+__global__ void __launch_bounds__(kThreads, 2) gemm_skinny_kernel(const T* __restrict__ w, int64_t w_ld,
                                                                const T* __restrict__ x, int64_t x_ld, T* __restrict__ y,
                                                                int64_t y_ld, int m, int64_t n, int64_t k,
                                                                int runs_per_warp, int w_early) {
@@ -104,6 +123,7 @@ __global__ void __launch_bounds__(kThreads) gemm_skinny_kernel(const T* __restri
 #pragma unroll
   for (int tt = 0; tt < NT; tt++) acc[tt][0] = acc[tt][1] = acc[tt][2] = acc[tt][3] = 0.f;
 
+  prefetch_rows_l2(w, w_ld * (int64_t)sizeof(T), row0, n, k * (int64_t)sizeof(T));
   const uint4 zero = make_uint4(0, 0, 0, 0);
   bool waited = false;
   if (!w_early) {
