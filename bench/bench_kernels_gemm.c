@@ -6,9 +6,9 @@
  *            4*rows) bytes / copy bandwidth
  *   gemm     the six projections of one layer sharing a 2304-wide input (n = 1024, 1024, 1024, 8, 128,
  *            128) at m = 1, 16, 128, 4096, 8192: six separate tpc_gemm calls vs one merged linear (default
- *            handle: the skinny kernel at m <= 16, else cuBLASLt's heuristic algorithm; and a handle autotuned
- *            over 16 candidates + split-K variants) vs a plain cuBLASLt matmul of the merged shape (n = 3336)
- *            written here directly; time, TFLOP/s, floor. TPCOMM_GEMM_SKINNY=0 shows the cuBLASLt path.
+ *            handle: cuBLASLt's heuristic algorithm; and a handle autotuned over 16 candidates + split-K
+ *            variants) vs a plain cuBLASLt matmul of the merged shape (n = 3336) written here directly; time,
+ *            TFLOP/s, floor
  *   batched  two [m,128] x [128,1024] products: one tpc_gemm_strided_batched vs two tpc_gemm calls
  *   square   an 8192^3 bf16 GEMM through tpc_gemm (heuristic, and autotuned) and through plain cuBLASLt:
  *            TFLOP/s

@@ -31,13 +31,8 @@
  * combinations), a refusal at heuristic or matmul time marks the plan refused and AUTO falls back to the
  * EPILOGUE path: an FP8 matmul with unit scales into fp32 plus kernels/fp8_epilogue.cu.
  *
- * Skinny GEMMs (16-bit, m <= 16, aligned rows, see skinny_applies) bypass cuBLASLt: kernels/gemm_skinny.cu
- * streams the weight once with tensor-core arithmetic; cuBLASLt's choices at these m measured 1.8-1.9x the
- * weight-read floor on H200 (docs/perf-log.md).
- *
- * Relies on: debug.h (tpc_error), param.h (TPCOMM_PDL, TPCOMM_GEMM_AUTOTUNE, TPCOMM_GEMM_SKINNY),
- * kernels/gemm_skinny.cu (tpc_gemm_skinny_launch), kernels/fp8_epilogue.cu (tpc_fp8_epilogue_launch,
- * declared below); cuBLASLt from CUDA 12.9 or later (CUDA 13 here). */
+ * Relies on: debug.h (tpc_error), param.h (TPCOMM_PDL, TPCOMM_GEMM_AUTOTUNE), kernels/fp8_epilogue.cu
+ * (tpc_fp8_epilogue_launch, declared below); cuBLASLt from CUDA 12.9 or later (CUDA 13 here). */
 #define _GNU_SOURCE
 #include <limits.h>
 #include <pthread.h>
@@ -53,10 +48,6 @@
 #include "debug.h"
 #include "param.h"
 #include "tpcomm/gemm.h"
-
-/* kernels/gemm_skinny.cu: y[m,n] = x . W^T for 1 <= m <= 16, 16-bit; dtype 0 bf16, 1 fp16. */
-cudaError_t tpc_gemm_skinny_launch(const void* w, int64_t w_ld, const void* x, int64_t x_ld, void* y, int64_t y_ld,
-                                   int64_t m, int64_t n, int64_t k, int dtype, int w_early, int pdl, cudaStream_t stream);
 
 /* kernels/fp8_epilogue.cu: y = acc * s_tok[t] * s_w[j]; out_dtype 0 bf16, 1 fp16, 2 fp32. */
 cudaError_t tpc_fp8_epilogue_launch(const float* acc, int64_t acc_ld, const float* s_tok, const float* s_w, void* y,
@@ -74,7 +65,6 @@ tpc_status_t tpc_gemm_cublas_status(int cublas_status, const char* call);
 #define SPLITK_BASES 4       /* autotuning: split-K variants of the first this many candidates ... */
 #define MAX_TRIALS 48        /* ... up to this many trials in all */
 #define TRIAL_TARGET_MS 0.3f /* autotuning: time each trial over about this long (2..100 runs) */
-#define SKINNY_MAX_M 16
 #define WHY_LEN 384
 
 typedef enum { KIND_16BIT = 0, KIND_FP8_OUTER = 1, KIND_FP8_UNIT = 2 } plan_kind_t;
@@ -117,7 +107,6 @@ struct tpc_gemm_handle {
   size_t cap, count;
   int64_t heuristic_queries;
   int autotune;      /* > 1: time up to this many heuristic candidates (+ split-K variants) per plan */
-  int skinny;        /* 1: m <= 16 16-bit GEMMs go to kernels/gemm_skinny.cu where it applies */
   int64_t autotuned; /* plans autotuned so far */
   cudaEvent_t ev[2]; /* autotuning, created when autotuning is turned on */
 };
@@ -411,8 +400,6 @@ typedef struct gemm_op {
   void* d;       /* y */
   const float* a_scale; /* KIND_FP8_OUTER: w_scales */
   const float* b_scale; /* KIND_FP8_OUTER: x_scales */
-  int w_const;          /* W is written by no kernel (a merged linear's own weight): the skinny kernel may read
-                           it before its PDL wait */
 } gemm_op_t;
 
 /* Split-K variants of the plan's first SPLITK_BASES candidates that support split-K with an fp32 (compute
@@ -619,27 +606,8 @@ static tpc_status_t gemm_run_locked(tpc_gemm_handle_t h, gemm_op_t* op, cudaStre
   return cublas_why(st, "cublasLtMatmul", why, why_len);
 }
 
-/* Whether op goes to kernels/gemm_skinny.cu: a 16-bit, unbatched GEMM of at most SKINNY_MAX_M tokens whose
- * x and W rows are 16-byte aligned (k, x_ld, w_ld multiples of 8, base pointers 16-byte aligned), with
- * enough weight rows to spread over the GPU or a k small enough for one block per 16 rows. */
-static int skinny_applies(const tpc_gemm_handle_t h, const gemm_op_t* op) {
-  const plan_key_t* k = &op->key;
-  return h->skinny && k->kind == KIND_16BIT && k->batch == 1 && k->m >= 1 && k->m <= SKINNY_MAX_M && k->k % 8 == 0 &&
-         k->lda % 8 == 0 && k->ldb % 8 == 0 && (uintptr_t)op->a % 16 == 0 && (uintptr_t)op->b % 16 == 0 &&
-         (k->n >= 256 || k->k <= 4096);
-}
-
 static tpc_status_t gemm_run(tpc_gemm_handle_t h, gemm_op_t* op, cudaStream_t stream, const char* fn) {
   char why[WHY_LEN];
-  if (skinny_applies(h, op)) { /* no plan, no workspace: no lock */
-    const plan_key_t* k = &op->key;
-    cudaError_t err = tpc_gemm_skinny_launch(op->a, k->lda, op->b, k->ldb, op->d, k->ldd, k->m, k->n, k->k,
-                                             k->a_type == CUDA_R_16F ? 1 : 0, op->w_const, h->pdl, stream);
-    if (err == cudaSuccess) return TPC_SUCCESS;
-    cuda_why(err, "skinny GEMM kernel launch", why, sizeof why);
-    return tpc_error(NULL, TPC_ERR_CUDA, "%s: m=%lld n=%lld k=%lld: %s", fn, (long long)k->m, (long long)k->n,
-                     (long long)k->k, why);
-  }
   pthread_mutex_lock(&h->lock);
   tpc_status_t st = gemm_run_locked(h, op, stream, why, sizeof why);
   pthread_mutex_unlock(&h->lock);
@@ -666,10 +634,9 @@ tpc_status_t tpc_gemm_handle_create(tpc_gemm_handle_t* handle, size_t workspace_
   if (workspace_bytes == 0) workspace_bytes = TPC_GEMM_DEFAULT_WORKSPACE;
   if (workspace_bytes > ((size_t)1 << 40))
     return tpc_error(NULL, TPC_ERR_INVALID_ARGUMENT, "%s: workspace_bytes=%zu is too large", fn, workspace_bytes);
-  int64_t pdl = 1, tune = 0, skinny = 1;
+  int64_t pdl = 1, tune = 0;
   tpc_status_t res = tpc_param_resolve(TPC_P_PDL, TPC_CONFIG_UNDEF, &pdl);
   if (res == TPC_SUCCESS) res = tpc_param_resolve(TPC_P_GEMM_AUTOTUNE, TPC_CONFIG_UNDEF, &tune);
-  if (res == TPC_SUCCESS) res = tpc_param_resolve(TPC_P_GEMM_SKINNY, TPC_CONFIG_UNDEF, &skinny);
   if (res != TPC_SUCCESS) return res;
   if (tune > HEURISTIC_RESULTS)
     return tpc_error(NULL, TPC_ERR_INVALID_ARGUMENT, "%s: environment variable TPCOMM_GEMM_AUTOTUNE=%lld (must be 0..%d)", fn,
@@ -700,7 +667,6 @@ tpc_status_t tpc_gemm_handle_create(tpc_gemm_handle_t* handle, size_t workspace_
     goto fail;
   }
   h->pdl = pdl && h->cc_major >= 9;
-  h->skinny = skinny != 0 && h->cc_major >= 8; /* mma.sync m16n8k16 bf16 */
   for (int i = 0; i < 2 && tune > 1; i++) {
     err = cudaEventCreate(&h->ev[i]);
     if (err != cudaSuccess) {
@@ -724,8 +690,8 @@ tpc_status_t tpc_gemm_handle_create(tpc_gemm_handle_t* handle, size_t workspace_
   }
   h->magic = GEMM_HANDLE_MAGIC;
   *handle = h;
-  TPC_INFO(TPC_SUB_INIT, "gemm handle on device %d (sm_%d%d), workspace %zu bytes, PDL %s, autotune %d, skinny %s", dev,
-           h->cc_major, h->cc_minor, workspace_bytes, h->pdl ? "on" : "off", h->autotune, h->skinny ? "on" : "off");
+  TPC_INFO(TPC_SUB_INIT, "gemm handle on device %d (sm_%d%d), workspace %zu bytes, PDL %s, autotune %d", dev,
+           h->cc_major, h->cc_minor, workspace_bytes, h->pdl ? "on" : "off", h->autotune);
   return TPC_SUCCESS;
 fail:
   if (h->workspace) cudaFree(h->workspace);
@@ -804,20 +770,6 @@ tpc_status_t tpc_gemm_handle_set_autotune(tpc_gemm_handle_t h, int candidates) {
   if (res == TPC_SUCCESS) h->autotune = candidates;
   pthread_mutex_unlock(&h->lock);
   return res;
-}
-
-tpc_status_t tpc_gemm_handle_set_skinny(tpc_gemm_handle_t h, int enable) {
-  const char* fn = "tpc_gemm_handle_set_skinny";
-  if (enable != 0 && enable != 1)
-    return tpc_error(NULL, TPC_ERR_INVALID_ARGUMENT, "%s: enable=%d (must be 0 or 1)", fn, enable);
-  TPC_CHECK(check_handle(fn, h));
-  if (enable && h->cc_major < 8)
-    return tpc_error(NULL, TPC_ERR_UNSUPPORTED, "%s: the skinny kernel needs compute capability 8.0 or later (device is %d.%d)",
-                     fn, h->cc_major, h->cc_minor);
-  pthread_mutex_lock(&h->lock);
-  h->skinny = enable;
-  pthread_mutex_unlock(&h->lock);
-  return TPC_SUCCESS;
 }
 
 tpc_status_t tpc_gemm_handle_autotuned(tpc_gemm_handle_t h, int64_t* plans_tuned) {
@@ -1040,7 +992,6 @@ tpc_status_t tpc_merged_linear_forward(tpc_merged_linear_t ml, const void* x, in
   gemm_op_t op;
   op_init(&op, KIND_16BIT, cuda_dtype(ml->dtype), cuda_dtype(ml->dtype), m, ml->n_total, ml->k, ml->weight, ml->k, x,
           x_ld, y, y_ld);
-  op.w_const = 1; /* written once, by tpc_merged_linear_create, which synchronizes */
   return gemm_run(ml->handle, &op, stream, fn);
 }
 

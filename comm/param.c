@@ -42,9 +42,6 @@ const tpc_param_desc_t tpc_params[TPC_NUM_PARAMS] = {
                              "candidates plus split-K variants (0 or 1: off, at most 16; "
                              "tpc_gemm_handle_set_autotune). Tuning times the call's own operands at its first call "
                              "outside graph capture and blocks that call."},
-    [TPC_P_GEMM_SKINNY] = {"TPCOMM_GEMM_SKINNY", TPC_PARAM_BOOL, "1",
-                           "1: 16-bit GEMMs with m <= 16 use tpcomm's weight-streaming tensor-core kernel instead of "
-                           "cuBLASLt where it applies (tpc_gemm_handle_set_skinny); 0: always cuBLASLt."},
     [TPC_P_QKNORM_MAX_TOKENS] = {"TPCOMM_QKNORM_MAX_TOKENS", TPC_PARAM_INT, "32768",
                                  "Tokens one TP QK-norm exchange covers: sizes the norm slots of the arena "
                                  "(2 x world x tokens x 8 bytes) and the unfused path's buffer; larger calls run in "

@@ -117,21 +117,11 @@ tpc_status_t tpc_gemm_handle_stats(tpc_gemm_handle_t handle, int64_t* plans, int
  * heuristic's first algorithm, and the plan is tuned at its next call outside capture, so a graph
  * captured before that keeps the untuned algorithm — run each shape once eagerly before capturing. Operands
  * that fit in L2 stay there across the trials, so small shapes are tuned with a warm L2. Still one
- * heuristic query per plan; GEMMs served by the skinny kernel (below) are not tuned. */
+ * heuristic query per plan. */
 tpc_status_t tpc_gemm_handle_set_autotune(tpc_gemm_handle_t handle, int candidates);
 /* How many plans autotuning has tuned so far (a plan whose trials all failed keeps the heuristic's first
  * algorithm and is not counted). */
 tpc_status_t tpc_gemm_handle_autotuned(tpc_gemm_handle_t handle, int64_t* plans_tuned);
-
-/* The skinny kernel (kernels/gemm_skinny.cu), on by default (TPCOMM_GEMM_SKINNY=0 turns it off for new
- * handles): tpc_gemm, tpc_merged_linear_forward and tpc_gemm_strided_batched with batch 1 at m <= 16 run a
- * tensor-core kernel of tpcomm instead of cuBLASLt when k, x_ld and w_ld are multiples of 8, x and W are
- * 16-byte aligned, and n >= 256 or k <= 4096. It streams the weight once (the product is bound by the weight
- * read at these m), accumulates in fp32 and rounds once, like cuBLASLt, but in another order (results agree
- * within the usual rounding, not bit for bit). No plan, workspace or heuristic query. With PDL on, the
- * merged linear's weight loads start before the previous kernel has finished (nothing writes that weight
- * after tpc_merged_linear_create). enable: 0 or 1; TPC_ERR_UNSUPPORTED below compute capability 8.0. */
-tpc_status_t tpc_gemm_handle_set_skinny(tpc_gemm_handle_t handle, int enable);
 
 /* y = x . W^T (see above). */
 tpc_status_t tpc_gemm(tpc_gemm_handle_t handle, int64_t m, int64_t n, int64_t k, const void* x, int64_t x_ld,

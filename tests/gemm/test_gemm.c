@@ -210,8 +210,6 @@ Test(gemm_args, handle) {
   ASSERT_ERR(tpc_gemm_handle_set_autotune(NULL, 4), TPC_ERR_INVALID_ARGUMENT, "handle is NULL");
   ASSERT_ERR(tpc_gemm_handle_set_autotune(NULL, 17), TPC_ERR_INVALID_ARGUMENT, "candidates=17");
   ASSERT_ERR(tpc_gemm_handle_set_autotune(NULL, -1), TPC_ERR_INVALID_ARGUMENT, "candidates=-1");
-  ASSERT_ERR(tpc_gemm_handle_set_skinny(NULL, 1), TPC_ERR_INVALID_ARGUMENT, "handle is NULL");
-  ASSERT_ERR(tpc_gemm_handle_set_skinny(NULL, 2), TPC_ERR_INVALID_ARGUMENT, "enable=2");
   ASSERT_ERR(tpc_gemm_handle_autotuned(NULL, &plans), TPC_ERR_INVALID_ARGUMENT, "handle is NULL");
   ASSERT_ERR(tpc_gemm_handle_autotuned((tpc_gemm_handle_t)P16, NULL), TPC_ERR_INVALID_ARGUMENT, "plans_tuned is NULL");
   { /* the environment is read (and checked) before any CUDA call */
@@ -221,9 +219,6 @@ Test(gemm_args, handle) {
     setenv("TPCOMM_GEMM_AUTOTUNE", "many", 1);
     ASSERT_ERR(tpc_gemm_handle_create(&h, 0), TPC_ERR_INVALID_ARGUMENT, "'many'");
     unsetenv("TPCOMM_GEMM_AUTOTUNE");
-    setenv("TPCOMM_GEMM_SKINNY", "2", 1);
-    ASSERT_ERR(tpc_gemm_handle_create(&h, 0), TPC_ERR_INVALID_ARGUMENT, "TPCOMM_GEMM_SKINNY");
-    unsetenv("TPCOMM_GEMM_SKINNY");
     cr_assert_null(h);
   }
   const char* why = "";
@@ -722,7 +717,6 @@ Test(gemm_gpu, autotuned_plans_are_right_and_queried_once) {
   tpc_gemm_handle_t h;
   TPC_OK(tpc_gemm_handle_create(&h, 0));
   TPC_OK(tpc_gemm_handle_set_autotune(h, 16));
-  TPC_OK(tpc_gemm_handle_set_skinny(h, 0)); /* every shape through cuBLASLt plans */
   const int64_t shapes[][3] = {{16, 3336, 2304}, {1, 1024, 2304}, {300, 136, 72}};
   for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
     const int64_t m = shapes[s][0], n = shapes[s][1], k = shapes[s][2];
@@ -763,8 +757,6 @@ Test(gemm_gpu, autotuned_equals_untuned, .timeout = 600) {
   tpc_gemm_handle_t plain, tuned;
   TPC_OK(tpc_gemm_handle_create(&plain, 0));
   TPC_OK(tpc_gemm_handle_create(&tuned, 0));
-  TPC_OK(tpc_gemm_handle_set_skinny(plain, 0));
-  TPC_OK(tpc_gemm_handle_set_skinny(tuned, 0));
   TPC_OK(tpc_gemm_handle_set_autotune(tuned, 16));
   const int64_t shapes[][3] = {{1, 3336, 2304}, {16, 3336, 2304}, {128, 3336, 2304}, {512, 1024, 4096}, {7, 200, 1032}};
   for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
@@ -860,97 +852,6 @@ Test(gemm_gpu, autotune_waits_for_the_end_of_capture, .timeout = 300) {
   mat_free(&x);
   mat_free(&w);
   CUDA_OK(cudaStreamDestroy(s));
-}
-
-/* The skinny kernel (m <= 16) against the CPU and against cuBLASLt: every m from 1 to 16 and row tails,
- * k not a multiple of 32, padded leading dimensions, an odd y_ld, both 16-bit types; columns past n keep
- * their poison; nothing is planned. Then a merged linear at m <= 16 in a graph (PDL early weight loads). */
-Test(gemm_gpu, skinny_against_cpu_and_cublaslt, .timeout = 600) {
-  need_gpu();
-  tpc_gemm_handle_t sk, lt;
-  TPC_OK(tpc_gemm_handle_create(&sk, 0));
-  TPC_OK(tpc_gemm_handle_create(&lt, 0));
-  TPC_OK(tpc_gemm_handle_set_skinny(sk, 1));
-  TPC_OK(tpc_gemm_handle_set_skinny(lt, 0));
-  const int64_t ns[] = {3336, 300, 17};
-  const int64_t ks[] = {2304, 40, 1000, 8};
-  for (int64_t m = 1; m <= 16; m++) {
-    for (size_t ni = 0; ni < sizeof ns / sizeof ns[0]; ni++) {
-      const int64_t n = ns[ni], k = ks[(m + (int64_t)ni) % 4];
-      const int fp16 = (int)((m + (int64_t)ni) % 2);
-      const tpc_dtype_t dt = fp16 ? TPC_FLOAT16 : TPC_BFLOAT16;
-      const int64_t x_ld = k + (m % 3 == 0 ? 8 : 0), w_ld = k + (ni == 1 ? 16 : 0), y_ld = n + (m % 2 ? 3 : 0);
-      mat_t x = mat_random(m, k, x_ld, fp16, 1.0f), w = mat_random(n, k, w_ld, fp16, 1.0f);
-      void* y0 = out_poisoned(m, y_ld, 2);
-      void* y1 = out_poisoned(m, y_ld, 2);
-      TPC_OK(tpc_gemm(sk, m, n, k, x.d, x_ld, w.d, w_ld, y0, y_ld, dt, 0));
-      TPC_OK(tpc_gemm(lt, m, n, k, x.d, x_ld, w.d, w_ld, y1, y_ld, dt, 0));
-      float* g0 = out_fetch(y0, m, n, y_ld, fp16, 1);
-      float* g1 = out_fetch(y1, m, n, y_ld, fp16, 1);
-      check_gemm("skinny", g0, y_ld, &x, &w, m, n, k, fp16);
-      assert_close("skinny vs cuBLASLt", g0, g1, m, n, y_ld, fp16);
-      free(g0);
-      free(g1);
-      cudaFree(y0);
-      cudaFree(y1);
-      mat_free(&x);
-      mat_free(&w);
-    }
-  }
-  int64_t plans = -1;
-  TPC_OK(tpc_gemm_handle_stats(sk, &plans, NULL));
-  cr_assert_eq(plans, 0, "the skinny kernel needs no cuBLASLt plan (%lld made)", (long long)plans);
-  { /* merged linear, m = 1 and 16, eager and in a graph */
-    const int64_t wn[6] = {1024, 1024, 1024, 8, 128, 128}, k = 2304;
-    mat_t w[6];
-    const void* wp[6];
-    for (int i = 0; i < 6; i++) {
-      w[i] = mat_random(wn[i], k, k, 0, 1.0f);
-      wp[i] = w[i].d;
-    }
-    cudaStream_t s;
-    CUDA_OK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
-    tpc_merged_linear_t ml;
-    TPC_OK(tpc_merged_linear_create(sk, wp, wn, 6, k, TPC_BFLOAT16, s, &ml));
-    int64_t n_total = 0;
-    const void* wm = NULL;
-    TPC_OK(tpc_merged_linear_info(ml, NULL, &n_total, NULL, &wm));
-    mat_t wmat = {n_total, k, k, 0, NULL, hmalloc((size_t)(n_total * k) * 4), (void*)wm};
-    { /* the merged weight's values, from the device */
-      uint16_t* hw = hmalloc((size_t)(n_total * k) * 2);
-      d2h(hw, wm, (size_t)(n_total * k) * 2);
-      for (int64_t i = 0; i < n_total * k; i++) wmat.f[i] = from_half(hw[i], 0);
-      free(hw);
-    }
-    const int64_t ms[2] = {1, 16};
-    for (int mi = 0; mi < 2; mi++) {
-      const int64_t m = ms[mi];
-      mat_t x = mat_random(m, k, k, 0, 1.0f);
-      void* y = out_poisoned(m, n_total, 2);
-      cudaGraph_t graph;
-      cudaGraphExec_t exec;
-      CUDA_OK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
-      for (int r = 0; r < 4; r++) TPC_OK(tpc_merged_linear_forward(ml, x.d, m, k, y, n_total, s));
-      CUDA_OK(cudaStreamEndCapture(s, &graph));
-      CUDA_OK(cudaGraphInstantiate(&exec, graph, 0));
-      CUDA_OK(cudaGraphLaunch(exec, s));
-      CUDA_OK(cudaGraphLaunch(exec, s));
-      CUDA_OK(cudaStreamSynchronize(s));
-      float* g = out_fetch(y, m, n_total, n_total, 0, 0);
-      check_gemm("merged, skinny, graph", g, n_total, &x, &wmat, m, n_total, k, 0);
-      free(g);
-      CUDA_OK(cudaGraphExecDestroy(exec));
-      CUDA_OK(cudaGraphDestroy(graph));
-      cudaFree(y);
-      mat_free(&x);
-    }
-    TPC_OK(tpc_merged_linear_destroy(ml));
-    free(wmat.f);
-    for (int i = 0; i < 6; i++) mat_free(&w[i]);
-    CUDA_OK(cudaStreamDestroy(s));
-  }
-  TPC_OK(tpc_gemm_handle_destroy(sk));
-  TPC_OK(tpc_gemm_handle_destroy(lt));
 }
 
 Test(gemm_gpu, merged_equals_separate, .timeout = 300) {
