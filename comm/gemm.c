@@ -13,8 +13,10 @@
  * and strides, and the alignment (power of two up to 256) of each operand's base, ld and batch stride in
  * bytes, passed to cuBLASLt as CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_*_BYTES so the algorithm chosen never
  * needs more alignment than the call has. On a miss the plan's matmul descriptor and layouts are created
- * and cublasLtMatmulAlgoGetHeuristic is asked once for the best algorithm that fits the workspace; both
- * are kept until the handle is destroyed. A plan cuBLASLt refuses (no algorithm, or NOT_SUPPORTED at
+ * and cublasLtMatmulAlgoGetHeuristic is asked once for up to 16 candidates that fit the workspace; the
+ * first is the plan's algorithm unless autotuning (tpc_gemm_handle_set_autotune, TPCOMM_GEMM_AUTOTUNE)
+ * times the candidates and split-K variants of the first four at the plan's first call outside graph
+ * capture and keeps the fastest. Plans are kept until the handle is destroyed. A plan cuBLASLt refuses (no algorithm, or NOT_SUPPORTED at
  * matmul time for the outer-vector FP8 mode) is remembered as refused. The cache is an open-addressing
  * hash table of plan pointers behind one mutex, which is held for the whole call (attribute updates on a
  * shared descriptor and the enqueue).
@@ -29,8 +31,8 @@
  * combinations), a refusal at heuristic or matmul time marks the plan refused and AUTO falls back to the
  * EPILOGUE path: an FP8 matmul with unit scales into fp32 plus kernels/fp8_epilogue.cu.
  *
- * Relies on: debug.h (tpc_error), param.h (TPCOMM_PDL), kernels/fp8_epilogue.cu (tpc_fp8_epilogue_launch,
- * declared below); cuBLASLt from CUDA 12.9 or later (CUDA 13 here). */
+ * Relies on: debug.h (tpc_error), param.h (TPCOMM_PDL, TPCOMM_GEMM_AUTOTUNE), kernels/fp8_epilogue.cu
+ * (tpc_fp8_epilogue_launch, declared below); cuBLASLt from CUDA 12.9 or later (CUDA 13 here). */
 #define _GNU_SOURCE
 #include <limits.h>
 #include <pthread.h>
@@ -60,7 +62,9 @@ tpc_status_t tpc_gemm_cublas_status(int cublas_status, const char* call);
 #define MERGED_ALIGN 8                /* each merged output starts at a multiple of 8 columns */
 #define MERGED_MAX_NUM 4096
 #define HEURISTIC_RESULTS 16 /* candidates asked for (the first that fits is used unless autotuning) */
-#define AUTOTUNE_RUNS 3
+#define SPLITK_BASES 4       /* autotuning: split-K variants of the first this many candidates ... */
+#define MAX_TRIALS 48        /* ... up to this many trials in all */
+#define TRIAL_TARGET_MS 0.3f /* autotuning: time each trial over about this long (2..100 runs) */
 #define WHY_LEN 384
 
 typedef enum { KIND_16BIT = 0, KIND_FP8_OUTER = 1, KIND_FP8_UNIT = 2 } plan_kind_t;
@@ -82,6 +86,9 @@ typedef struct {
   cublasLtMatrixLayout_t la, lb, ld;
   cublasLtMatmulAlgo_t algo;
   int has_algo;
+  int tuned;                                           /* autotuning has picked algo (or had nothing to pick) */
+  int ncand;                                           /* the heuristic's usable candidates, kept for autotuning */
+  cublasLtMatmulHeuristicResult_t cand[HEURISTIC_RESULTS];
   tpc_status_t refused; /* TPC_SUCCESS, or the status every call of this plan answers */
   char refused_why[WHY_LEN];
 } plan_t;
@@ -99,8 +106,9 @@ struct tpc_gemm_handle {
   plan_t** slots; /* open addressing, capacity a power of two, at most half full */
   size_t cap, count;
   int64_t heuristic_queries;
-  int autotune;      /* > 1: time up to this many heuristic candidates when a plan is made (not in capture) */
-  cudaEvent_t ev[2]; /* autotuning, created by tpc_gemm_handle_set_autotune */
+  int autotune;      /* > 1: time up to this many heuristic candidates (+ split-K variants) per plan */
+  int64_t autotuned; /* plans autotuned so far */
+  cudaEvent_t ev[2]; /* autotuning, created when autotuning is turned on */
 };
 
 struct tpc_merged_linear {
@@ -331,16 +339,9 @@ fail:
   return res;
 }
 
-typedef struct gemm_op gemm_op_t;
-static tpc_status_t autotune(tpc_gemm_handle_t h, plan_t* p, const gemm_op_t* op,
-                             const cublasLtMatmulHeuristicResult_t* cand, int ncand, cudaStream_t stream, char* why,
-                             size_t why_len);
-
-/* Asks cuBLASLt once for the plan's algorithm: the first candidate that fits the workspace, or, when the
- * handle autotunes and the stream is not capturing, the fastest of the first candidates timed on op's own
- * operands. A refusal (no algorithm) is remembered in the plan. */
-static tpc_status_t plan_heuristic(tpc_gemm_handle_t h, plan_t* p, const gemm_op_t* op, cudaStream_t stream, char* why,
-                                   size_t why_len) {
+/* Asks cuBLASLt once for the plan's candidates: the usable ones (in the heuristic's order) are kept in the
+ * plan for autotuning and the first becomes its algorithm. A refusal (no algorithm) is remembered. */
+static tpc_status_t plan_heuristic(tpc_gemm_handle_t h, plan_t* p, char* why, size_t why_len) {
   tpc_status_t res = TPC_SUCCESS;
   cublasLtMatmulPreference_t pref = NULL;
   cublasLtMatmulHeuristicResult_t results[HEURISTIC_RESULTS];
@@ -366,14 +367,14 @@ static tpc_status_t plan_heuristic(tpc_gemm_handle_t h, plan_t* p, const gemm_op
   const int refusal = st == CUBLAS_STATUS_NOT_SUPPORTED || st == CUBLAS_STATUS_ARCH_MISMATCH ||
                       (p->key.kind == KIND_FP8_OUTER && st == CUBLAS_STATUS_INVALID_VALUE);
   if (st != CUBLAS_STATUS_SUCCESS && !refusal) return cublas_why(st, "cublasLtMatmulAlgoGetHeuristic", why, why_len);
-  int nfit = 0; /* the usable candidates, in the heuristic's order, compacted to the front */
-  for (int i = 0; st == CUBLAS_STATUS_SUCCESS && i < found; i++)
+  int nfit = 0; /* the usable candidates, in the heuristic's order */
+  for (int i = 0; st == CUBLAS_STATUS_SUCCESS && i < found && i < HEURISTIC_RESULTS; i++)
     if (results[i].state == CUBLAS_STATUS_SUCCESS && results[i].workspaceSize <= h->workspace_bytes)
-      results[nfit++] = results[i];
+      p->cand[nfit++] = results[i];
   if (nfit > 0) {
-    p->algo = results[0].algo;
+    p->ncand = nfit;
+    p->algo = p->cand[0].algo;
     p->has_algo = 1;
-    if (h->autotune > 1 && nfit > 1) return autotune(h, p, op, results, nfit < h->autotune ? nfit : h->autotune, stream, why, why_len);
     return TPC_SUCCESS;
   }
   p->refused = TPC_ERR_UNSUPPORTED;
@@ -392,50 +393,132 @@ fail:
 }
 
 /* One GEMM as the plan layer sees it. */
-struct gemm_op {
+typedef struct gemm_op {
   plan_key_t key;
   const void* a; /* W */
   const void* b; /* x */
   void* d;       /* y */
   const float* a_scale; /* KIND_FP8_OUTER: w_scales */
   const float* b_scale; /* KIND_FP8_OUTER: x_scales */
-};
+} gemm_op_t;
 
-/* Times candidates cand[0..ncand) on op (one warm-up and AUTOTUNE_RUNS timed runs each, on stream, which is
- * synchronized) and keeps the fastest in p->algo; candidates that cuBLASLt rejects are skipped. Does nothing
- * while the stream is capturing (p keeps cand[0]). The output is overwritten by the trials, which is
- * harmless: the call itself runs right after. */
-static tpc_status_t autotune(tpc_gemm_handle_t h, plan_t* p, const gemm_op_t* op,
-                             const cublasLtMatmulHeuristicResult_t* cand, int ncand, cudaStream_t stream, char* why,
+/* Split-K variants of the plan's first SPLITK_BASES candidates that support split-K with an fp32 (compute
+ * type) reduction and have no split yet: K split 2..16 ways while each part keeps >= 128 of k, each
+ * accepted by cublasLtMatmulAlgoCheck within the workspace. Appended to trials[n..cap); returns the new n. */
+static int splitk_variants(tpc_gemm_handle_t h, const plan_t* p, cublasLtMatmulHeuristicResult_t* trials, int n,
+                           int cap) {
+  static const int32_t splits[] = {2, 3, 4, 6, 8, 12, 16};
+  for (int i = 0; i < p->ncand && i < SPLITK_BASES && n < cap; i++) {
+    const cublasLtMatmulAlgo_t* base = &p->cand[i].algo;
+    int32_t support = 0, cur = 1;
+    uint32_t mask = 0;
+    size_t written = 0;
+    if (cublasLtMatmulAlgoCapGetAttribute(base, CUBLASLT_ALGO_CAP_SPLITK_SUPPORT, &support, sizeof support, &written) !=
+            CUBLAS_STATUS_SUCCESS ||
+        !support)
+      continue;
+    if (cublasLtMatmulAlgoCapGetAttribute(base, CUBLASLT_ALGO_CAP_REDUCTION_SCHEME_MASK, &mask, sizeof mask, &written) !=
+            CUBLAS_STATUS_SUCCESS ||
+        !(mask & CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE))
+      continue;
+    if (cublasLtMatmulAlgoConfigGetAttribute(base, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &cur, sizeof cur, &written) !=
+            CUBLAS_STATUS_SUCCESS ||
+        cur > 1)
+      continue;
+    for (size_t j = 0; j < sizeof splits / sizeof splits[0] && n < cap; j++) {
+      if (p->key.k / splits[j] < 128) break;
+      cublasLtMatmulHeuristicResult_t r;
+      memset(&r, 0, sizeof r);
+      r.algo = *base;
+      const uint32_t scheme = CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE;
+      if (cublasLtMatmulAlgoConfigSetAttribute(&r.algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &splits[j], sizeof splits[j]) !=
+              CUBLAS_STATUS_SUCCESS ||
+          cublasLtMatmulAlgoConfigSetAttribute(&r.algo, CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME, &scheme, sizeof scheme) !=
+              CUBLAS_STATUS_SUCCESS)
+        continue;
+      cublasLtMatmulHeuristicResult_t chk;
+      memset(&chk, 0, sizeof chk);
+      if (cublasLtMatmulAlgoCheck(h->lt, p->desc, p->la, p->lb, p->ld, p->ld, &r.algo, &chk) != CUBLAS_STATUS_SUCCESS ||
+          chk.workspaceSize > h->workspace_bytes)
+        continue;
+      r.workspaceSize = chk.workspaceSize;
+      r.state = CUBLAS_STATUS_SUCCESS;
+      trials[n++] = r;
+    }
+  }
+  return n;
+}
+
+/* Events around `runs` runs of algo on op; *ms the mean per run, or < 0 when cuBLASLt rejects the algo. */
+static tpc_status_t time_trial(tpc_gemm_handle_t h, plan_t* p, const gemm_op_t* op, const cublasLtMatmulAlgo_t* algo,
+                               int runs, cudaStream_t stream, float* ms, char* why, size_t why_len) {
+  const float alpha = 1.0f, beta = 0.0f;
+  cudaError_t err = cudaEventRecord(h->ev[0], stream);
+  if (err != cudaSuccess) return cuda_why(err, "cudaEventRecord", why, why_len);
+  for (int r = 0; r < runs; r++) {
+    cublasStatus_t st = cublasLtMatmul(h->lt, p->desc, &alpha, op->a, p->la, op->b, p->lb, &beta, op->d, p->ld, op->d,
+                                       p->ld, algo, h->workspace, h->workspace_bytes, stream);
+    if (st != CUBLAS_STATUS_SUCCESS) {
+      *ms = -1.0f;
+      if ((err = cudaStreamSynchronize(stream)) != cudaSuccess) return cuda_why(err, "cudaStreamSynchronize", why, why_len);
+      return TPC_SUCCESS;
+    }
+  }
+  if ((err = cudaEventRecord(h->ev[1], stream)) != cudaSuccess) return cuda_why(err, "cudaEventRecord", why, why_len);
+  if ((err = cudaEventSynchronize(h->ev[1])) != cudaSuccess) return cuda_why(err, "cudaEventSynchronize", why, why_len);
+  float total = 0;
+  if ((err = cudaEventElapsedTime(&total, h->ev[0], h->ev[1])) != cudaSuccess)
+    return cuda_why(err, "cudaEventElapsedTime", why, why_len);
+  *ms = total / (float)runs;
+  return TPC_SUCCESS;
+}
+
+/* Autotunes p on op's own operands, unless the stream is capturing (then p keeps its algorithm and stays
+ * untuned, to be tuned at its first call outside capture). Trials: the first h->autotune heuristic
+ * candidates plus split-K variants (splitk_variants), each run once to warm up and to estimate its time,
+ * then timed over 2..100 runs (about TRIAL_TARGET_MS); the fastest becomes p->algo. The stream is
+ * synchronized. The output is overwritten by the trials, which is harmless: the call itself runs right
+ * after. Operands that fit in L2 stay there across the runs, so small shapes are tuned L2-warm. */
+static tpc_status_t autotune(tpc_gemm_handle_t h, plan_t* p, const gemm_op_t* op, cudaStream_t stream, char* why,
                              size_t why_len) {
   enum cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
   cudaError_t err = cudaStreamIsCapturing(stream, &cap);
   if (err != cudaSuccess) return cuda_why(err, "cudaStreamIsCapturing", why, why_len);
   if (cap != cudaStreamCaptureStatusNone || !h->ev[0] || !h->ev[1]) return TPC_SUCCESS;
-  const float alpha = 1.0f, beta = 0.0f;
-  float best = -1.0f;
+  cublasLtMatmulHeuristicResult_t trials[MAX_TRIALS];
+  int n = 0;
+  for (int i = 0; i < p->ncand && i < h->autotune; i++) trials[n++] = p->cand[i];
+  n = splitk_variants(h, p, trials, n, MAX_TRIALS);
+  p->tuned = 1;
+  if (n <= 1) return TPC_SUCCESS;
+  float best = -1.0f, first = -1.0f;
   int best_i = 0;
-  for (int i = 0; i < ncand; i++) {
-    cublasStatus_t st = CUBLAS_STATUS_SUCCESS;
-    for (int r = 0; r <= AUTOTUNE_RUNS && st == CUBLAS_STATUS_SUCCESS; r++) {
-      if (r == 1 && (err = cudaEventRecord(h->ev[0], stream)) != cudaSuccess) return cuda_why(err, "cudaEventRecord", why, why_len);
-      st = cublasLtMatmul(h->lt, p->desc, &alpha, op->a, p->la, op->b, p->lb, &beta, op->d, p->ld, op->d, p->ld,
-                          &cand[i].algo, h->workspace, h->workspace_bytes, stream);
-    }
-    if (st != CUBLAS_STATUS_SUCCESS) continue; /* this candidate does not run here */
-    float ms = 0;
-    if ((err = cudaEventRecord(h->ev[1], stream)) != cudaSuccess) return cuda_why(err, "cudaEventRecord", why, why_len);
-    if ((err = cudaEventSynchronize(h->ev[1])) != cudaSuccess) return cuda_why(err, "cudaEventSynchronize", why, why_len);
-    if ((err = cudaEventElapsedTime(&ms, h->ev[0], h->ev[1])) != cudaSuccess)
-      return cuda_why(err, "cudaEventElapsedTime", why, why_len);
+  for (int i = 0; i < n; i++) {
+    float est = 0, ms = 0;
+    tpc_status_t st = time_trial(h, p, op, &trials[i].algo, 1, stream, &est, why, why_len); /* warm-up */
+    if (st == TPC_SUCCESS && est >= 0) st = time_trial(h, p, op, &trials[i].algo, 1, stream, &est, why, why_len);
+    if (st != TPC_SUCCESS) return st;
+    if (est < 0) continue; /* this candidate does not run here */
+    int runs = est > 0 ? (int)(TRIAL_TARGET_MS / est) + 1 : 100;
+    runs = runs < 2 ? 2 : runs > 100 ? 100 : runs;
+    if ((st = time_trial(h, p, op, &trials[i].algo, runs, stream, &ms, why, why_len)) != TPC_SUCCESS) return st;
+    if (ms < 0) continue;
+    if (i == 0) first = ms;
     if (best < 0 || ms < best) {
       best = ms;
       best_i = i;
     }
   }
-  p->algo = cand[best_i].algo;
-  TPC_INFO(TPC_SUB_ALL, "gemm autotune m=%lld n=%lld k=%lld: candidate %d of %d, %.2f us", (long long)p->key.m,
-           (long long)p->key.n, (long long)p->key.k, best_i, ncand, best > 0 ? best * 1e3 / AUTOTUNE_RUNS : 0.0);
+  if (best < 0) return TPC_SUCCESS; /* nothing ran: keep the heuristic's first */
+  p->algo = trials[best_i].algo;
+  h->autotuned++;
+  int32_t split = 1;
+  size_t written = 0;
+  cublasLtMatmulAlgoConfigGetAttribute(&p->algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &split, sizeof split, &written);
+  TPC_INFO(TPC_SUB_ALL,
+           "gemm autotune m=%lld n=%lld k=%lld batch=%lld: trial %d of %d (split-K %d), %.2f us; heuristic's first %.2f us",
+           (long long)p->key.m, (long long)p->key.n, (long long)p->key.k, (long long)p->key.batch, best_i, n, (int)split,
+           best * 1e3, first * 1e3);
   return TPC_SUCCESS;
 }
 
@@ -501,7 +584,11 @@ static tpc_status_t gemm_run_locked(tpc_gemm_handle_t h, gemm_op_t* op, cudaStre
     if (st != CUBLAS_STATUS_SUCCESS) return cublas_why(st, "cublasLtMatmulDescSetAttribute(A/B_SCALE_POINTER)", why, why_len);
   }
   if (!p->has_algo) {
-    tpc_status_t st = plan_heuristic(h, p, op, stream, why, why_len);
+    tpc_status_t st = plan_heuristic(h, p, why, why_len);
+    if (st != TPC_SUCCESS) return st;
+  }
+  if (h->autotune > 1 && !p->tuned) {
+    tpc_status_t st = autotune(h, p, op, stream, why, why_len);
     if (st != TPC_SUCCESS) return st;
   }
   const float alpha = 1.0f, beta = 0.0f;
@@ -547,9 +634,13 @@ tpc_status_t tpc_gemm_handle_create(tpc_gemm_handle_t* handle, size_t workspace_
   if (workspace_bytes == 0) workspace_bytes = TPC_GEMM_DEFAULT_WORKSPACE;
   if (workspace_bytes > ((size_t)1 << 40))
     return tpc_error(NULL, TPC_ERR_INVALID_ARGUMENT, "%s: workspace_bytes=%zu is too large", fn, workspace_bytes);
-  int64_t pdl = 1;
+  int64_t pdl = 1, tune = 0;
   tpc_status_t res = tpc_param_resolve(TPC_P_PDL, TPC_CONFIG_UNDEF, &pdl);
+  if (res == TPC_SUCCESS) res = tpc_param_resolve(TPC_P_GEMM_AUTOTUNE, TPC_CONFIG_UNDEF, &tune);
   if (res != TPC_SUCCESS) return res;
+  if (tune > HEURISTIC_RESULTS)
+    return tpc_error(NULL, TPC_ERR_INVALID_ARGUMENT, "%s: environment variable TPCOMM_GEMM_AUTOTUNE=%lld (must be 0..%d)", fn,
+                     (long long)tune, HEURISTIC_RESULTS);
   int dev = -1;
   cudaError_t err = cudaGetDevice(&dev);
   if (err == cudaSuccess) {
@@ -576,6 +667,15 @@ tpc_status_t tpc_gemm_handle_create(tpc_gemm_handle_t* handle, size_t workspace_
     goto fail;
   }
   h->pdl = pdl && h->cc_major >= 9;
+  for (int i = 0; i < 2 && tune > 1; i++) {
+    err = cudaEventCreate(&h->ev[i]);
+    if (err != cudaSuccess) {
+      h->ev[i] = NULL;
+      res = cuda_why(err, "cudaEventCreate", why, sizeof why);
+      goto fail;
+    }
+  }
+  h->autotune = (int)tune;
   cublasStatus_t st = cublasLtCreate(&h->lt);
   if (st != CUBLAS_STATUS_SUCCESS) {
     h->lt = NULL;
@@ -590,12 +690,14 @@ tpc_status_t tpc_gemm_handle_create(tpc_gemm_handle_t* handle, size_t workspace_
   }
   h->magic = GEMM_HANDLE_MAGIC;
   *handle = h;
-  TPC_INFO(TPC_SUB_INIT, "gemm handle on device %d (sm_%d%d), workspace %zu bytes, PDL %s", dev, h->cc_major,
-           h->cc_minor, workspace_bytes, h->pdl ? "on" : "off");
+  TPC_INFO(TPC_SUB_INIT, "gemm handle on device %d (sm_%d%d), workspace %zu bytes, PDL %s, autotune %d", dev,
+           h->cc_major, h->cc_minor, workspace_bytes, h->pdl ? "on" : "off", h->autotune);
   return TPC_SUCCESS;
 fail:
   if (h->workspace) cudaFree(h->workspace);
   if (h->lt) cublasLtDestroy(h->lt);
+  for (int i = 0; i < 2; i++)
+    if (h->ev[i]) cudaEventDestroy(h->ev[i]);
   pthread_mutex_destroy(&h->lock);
   free(h);
   return tpc_error(NULL, res, "%s: %s", fn, why);
@@ -668,6 +770,18 @@ tpc_status_t tpc_gemm_handle_set_autotune(tpc_gemm_handle_t h, int candidates) {
   if (res == TPC_SUCCESS) h->autotune = candidates;
   pthread_mutex_unlock(&h->lock);
   return res;
+}
+
+tpc_status_t tpc_gemm_handle_autotuned(tpc_gemm_handle_t h, int64_t* plans_tuned) {
+  const char* fn = "tpc_gemm_handle_autotuned";
+  if (!plans_tuned) return tpc_error(NULL, TPC_ERR_INVALID_ARGUMENT, "%s: plans_tuned is NULL", fn);
+  if (!h) return tpc_error(NULL, TPC_ERR_INVALID_ARGUMENT, "%s: handle is NULL", fn);
+  if (h->magic != GEMM_HANDLE_MAGIC)
+    return tpc_error(NULL, TPC_ERR_INVALID_USAGE, "%s: handle=%p is not a live tpc_gemm_handle_t", fn, (void*)h);
+  pthread_mutex_lock(&h->lock);
+  *plans_tuned = h->autotuned;
+  pthread_mutex_unlock(&h->lock);
+  return TPC_SUCCESS;
 }
 
 /* ---- 16-bit GEMMs ---------------------------------------------------------------------------------------- */

@@ -37,6 +37,11 @@ const tpc_param_desc_t tpc_params[TPC_NUM_PARAMS] = {
     [TPC_P_PDL] = {"TPCOMM_PDL", TPC_PARAM_BOOL, "1",
                    "1: launch kernels with programmatic dependent launch on sm_90+ (overlap the previous kernel's "
                    "tail)."},
+    [TPC_P_GEMM_AUTOTUNE] = {"TPCOMM_GEMM_AUTOTUNE", TPC_PARAM_INT, "0",
+                             "GEMM handles created from now on autotune each cuBLASLt plan over this many heuristic "
+                             "candidates plus split-K variants (0 or 1: off, at most 16; "
+                             "tpc_gemm_handle_set_autotune). Tuning times the call's own operands at its first call "
+                             "outside graph capture and blocks that call."},
     [TPC_P_QKNORM_MAX_TOKENS] = {"TPCOMM_QKNORM_MAX_TOKENS", TPC_PARAM_INT, "32768",
                                  "Tokens one TP QK-norm exchange covers: sizes the norm slots of the arena "
                                  "(2 x world x tokens x 8 bytes) and the unfused path's buffer; larger calls run in "

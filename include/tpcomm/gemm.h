@@ -108,12 +108,21 @@ tpc_status_t tpc_gemm_handle_destroy(tpc_gemm_handle_t handle);
  * (both may be NULL). A repeated shape adds neither. */
 tpc_status_t tpc_gemm_handle_stats(tpc_gemm_handle_t handle, int64_t* plans, int64_t* heuristic_queries);
 
-/* Autotuning, off by default (0 or 1: the heuristic's first algorithm). candidates > 1 (at most 16): when
- * a plan is made outside graph capture, up to that many of cuBLASLt's candidates are timed on the call's
- * own operands (a warm-up and 3 runs each; the stream is synchronized, so the first call of each shape
- * blocks) and the fastest is kept. Plans made earlier keep their algorithm. Still one heuristic query per
- * plan. */
+/* Autotuning, off by default (0 or 1: the heuristic's first algorithm; the environment variable
+ * TPCOMM_GEMM_AUTOTUNE sets the default of new handles). candidates > 1 (at most 16): each cuBLASLt plan is
+ * tuned at its first call outside graph capture: the first `candidates` of the heuristic's results plus
+ * split-K variants (K split 2..16 ways with an fp32 reduction in the workspace) of its first 4 are timed on
+ * the call's own operands (a warm-up, then 2..100 runs, about 0.3 ms each; the stream is synchronized, so
+ * that call blocks for a few to a few hundred milliseconds) and the fastest is kept in the plan. A call
+ * made while its stream is capturing (cudaStreamIsCapturing) cannot time anything: it runs the
+ * heuristic's first algorithm, and the plan is tuned at its next call outside capture, so a graph
+ * captured before that keeps the untuned algorithm — run each shape once eagerly before capturing. Operands
+ * that fit in L2 stay there across the trials, so small shapes are tuned with a warm L2. Still one
+ * heuristic query per plan. */
 tpc_status_t tpc_gemm_handle_set_autotune(tpc_gemm_handle_t handle, int candidates);
+/* How many plans autotuning has tuned so far (a plan whose trials all failed keeps the heuristic's first
+ * algorithm and is not counted). */
+tpc_status_t tpc_gemm_handle_autotuned(tpc_gemm_handle_t handle, int64_t* plans_tuned);
 
 /* y = x . W^T (see above). */
 tpc_status_t tpc_gemm(tpc_gemm_handle_t handle, int64_t m, int64_t n, int64_t k, const void* x, int64_t x_ld,

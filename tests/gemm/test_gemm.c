@@ -210,6 +210,17 @@ Test(gemm_args, handle) {
   ASSERT_ERR(tpc_gemm_handle_set_autotune(NULL, 4), TPC_ERR_INVALID_ARGUMENT, "handle is NULL");
   ASSERT_ERR(tpc_gemm_handle_set_autotune(NULL, 17), TPC_ERR_INVALID_ARGUMENT, "candidates=17");
   ASSERT_ERR(tpc_gemm_handle_set_autotune(NULL, -1), TPC_ERR_INVALID_ARGUMENT, "candidates=-1");
+  ASSERT_ERR(tpc_gemm_handle_autotuned(NULL, &plans), TPC_ERR_INVALID_ARGUMENT, "handle is NULL");
+  ASSERT_ERR(tpc_gemm_handle_autotuned((tpc_gemm_handle_t)P16, NULL), TPC_ERR_INVALID_ARGUMENT, "plans_tuned is NULL");
+  { /* the environment is read (and checked) before any CUDA call */
+    tpc_gemm_handle_t h = NULL;
+    setenv("TPCOMM_GEMM_AUTOTUNE", "17", 1);
+    ASSERT_ERR(tpc_gemm_handle_create(&h, 0), TPC_ERR_INVALID_ARGUMENT, "TPCOMM_GEMM_AUTOTUNE=17");
+    setenv("TPCOMM_GEMM_AUTOTUNE", "many", 1);
+    ASSERT_ERR(tpc_gemm_handle_create(&h, 0), TPC_ERR_INVALID_ARGUMENT, "'many'");
+    unsetenv("TPCOMM_GEMM_AUTOTUNE");
+    cr_assert_null(h);
+  }
   const char* why = "";
   if (tpc_test_gpu_count(&why) == 0) {
     tpc_gemm_handle_t h = (tpc_gemm_handle_t)P16;
@@ -730,7 +741,124 @@ Test(gemm_gpu, autotuned_plans_are_right_and_queried_once) {
   TPC_OK(tpc_gemm_handle_stats(h, &plans, &queries));
   cr_assert_eq(plans, 3);
   cr_assert_eq(queries, 3, "autotuning must not query the heuristic again (%lld queries)", (long long)queries);
+  int64_t tuned = -1;
+  TPC_OK(tpc_gemm_handle_autotuned(h, &tuned));
+  cr_assert_eq(tuned, 3, "each plan tuned once (%lld)", (long long)tuned);
   TPC_OK(tpc_gemm_handle_destroy(h));
+}
+
+/* |a - b| within 2 ulp-ish of the larger magnitude, or tiny. */
+static void assert_close(const char* what, const float* a, const float* b, int64_t m, int64_t n, int64_t ld, int is_fp16) {
+  for (int64_t r = 0; r < m; r++)
+    for (int64_t c = 0; c < n; c++) {
+      const float u = a[r * ld + c], v = b[r * ld + c];
+      cr_assert(fabsf(u - v) <= 2.0f * (float)eps_of(is_fp16) * fmaxf(fabsf(u), fabsf(v)) + 1e-3f,
+                "%s: element (%lld, %lld): %g vs %g", what, (long long)r, (long long)c, u, v);
+    }
+}
+
+/* The tuned path (heuristic candidates and split-K variants, timed) gives what the untuned one gives, within
+ * rounding, and both match the CPU; a batched shape too. */
+Test(gemm_gpu, autotuned_equals_untuned, .timeout = 600) {
+  need_gpu();
+  tpc_gemm_handle_t plain, tuned;
+  TPC_OK(tpc_gemm_handle_create(&plain, 0));
+  TPC_OK(tpc_gemm_handle_create(&tuned, 0));
+  TPC_OK(tpc_gemm_handle_set_autotune(tuned, 16));
+  const int64_t shapes[][3] = {{1, 3336, 2304}, {16, 3336, 2304}, {128, 3336, 2304}, {512, 1024, 4096}, {7, 200, 1032}};
+  for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+    for (int fp16 = 0; fp16 < 2; fp16++) {
+      const int64_t m = shapes[s][0], n = shapes[s][1], k = shapes[s][2];
+      const tpc_dtype_t dt = fp16 ? TPC_FLOAT16 : TPC_BFLOAT16;
+      mat_t x = mat_random(m, k, k, fp16, 1.0f), w = mat_random(n, k, k, fp16, 1.0f);
+      void* y0 = out_poisoned(m, n, 2);
+      void* y1 = out_poisoned(m, n, 2);
+      TPC_OK(tpc_gemm(plain, m, n, k, x.d, k, w.d, k, y0, n, dt, 0));
+      CUDA_OK(cudaMemset(y1, 0xff, (size_t)(m * n) * 2)); /* trials write y: poison again after tuning */
+      TPC_OK(tpc_gemm(tuned, m, n, k, x.d, k, w.d, k, y1, n, dt, 0)); /* tunes, then runs */
+      CUDA_OK(cudaDeviceSynchronize());
+      CUDA_OK(cudaMemset(y1, 0xff, (size_t)(m * n) * 2));
+      TPC_OK(tpc_gemm(tuned, m, n, k, x.d, k, w.d, k, y1, n, dt, 0)); /* the tuned algorithm alone */
+      float* g0 = out_fetch(y0, m, n, n, fp16, 0);
+      float* g1 = out_fetch(y1, m, n, n, fp16, 0);
+      check_gemm("untuned", g0, n, &x, &w, m, n, k, fp16);
+      check_gemm("autotuned", g1, n, &x, &w, m, n, k, fp16);
+      assert_close("autotuned vs untuned", g1, g0, m, n, n, fp16);
+      free(g0);
+      free(g1);
+      cudaFree(y0);
+      cudaFree(y1);
+      mat_free(&x);
+      mat_free(&w);
+    }
+  }
+  { /* strided batched: two [m,128] x [128,1024] products */
+    const int64_t m = 64, n = 1024, k = 128, batch = 2;
+    mat_t x = mat_random(batch * m, k, k, 0, 1.0f), w = mat_random(batch * n, k, k, 0, 1.0f);
+    void* y0 = out_poisoned(batch * m, n, 2);
+    void* y1 = out_poisoned(batch * m, n, 2);
+    TPC_OK(tpc_gemm_strided_batched(plain, m, n, k, x.d, k, m * k, w.d, k, n * k, y0, n, m * n, batch, TPC_BFLOAT16, 0));
+    TPC_OK(tpc_gemm_strided_batched(tuned, m, n, k, x.d, k, m * k, w.d, k, n * k, y1, n, m * n, batch, TPC_BFLOAT16, 0));
+    float* g0 = out_fetch(y0, batch * m, n, n, 0, 0);
+    float* g1 = out_fetch(y1, batch * m, n, n, 0, 0);
+    assert_close("batched, autotuned vs untuned", g1, g0, batch * m, n, n, 0);
+    free(g0);
+    free(g1);
+    cudaFree(y0);
+    cudaFree(y1);
+    mat_free(&x);
+    mat_free(&w);
+  }
+  int64_t n_tuned = 0;
+  TPC_OK(tpc_gemm_handle_autotuned(tuned, &n_tuned));
+  cr_log_info("autotuned_equals_untuned: %lld plans tuned", (long long)n_tuned);
+  TPC_OK(tpc_gemm_handle_autotuned(plain, &n_tuned));
+  cr_assert_eq(n_tuned, 0);
+  TPC_OK(tpc_gemm_handle_destroy(plain));
+  TPC_OK(tpc_gemm_handle_destroy(tuned));
+}
+
+/* A plan first met inside graph capture is not tuned there (the capture only records the heuristic's
+ * algorithm); its first call outside capture tunes it. */
+Test(gemm_gpu, autotune_waits_for_the_end_of_capture, .timeout = 300) {
+  need_gpu();
+  cudaStream_t s;
+  CUDA_OK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  tpc_gemm_handle_t h;
+  TPC_OK(tpc_gemm_handle_create(&h, 0));
+  TPC_OK(tpc_gemm_handle_set_autotune(h, 4));
+  const int64_t m = 96, n = 640, k = 512;
+  mat_t x = mat_random(m, k, k, 0, 1.0f), w = mat_random(n, k, k, 0, 1.0f);
+  void* y = out_poisoned(m, n, 2);
+  cudaGraph_t graph;
+  cudaGraphExec_t exec;
+  CUDA_OK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+  TPC_OK(tpc_gemm(h, m, n, k, x.d, k, w.d, k, y, n, TPC_BFLOAT16, s));
+  CUDA_OK(cudaStreamEndCapture(s, &graph));
+  CUDA_OK(cudaGraphInstantiate(&exec, graph, 0));
+  int64_t tuned = -1;
+  TPC_OK(tpc_gemm_handle_autotuned(h, &tuned));
+  cr_assert_eq(tuned, 0, "nothing may be timed during capture");
+  CUDA_OK(cudaGraphLaunch(exec, s));
+  CUDA_OK(cudaStreamSynchronize(s));
+  float* g = out_fetch(y, m, n, n, 0, 0);
+  check_gemm("captured before tuning", g, n, &x, &w, m, n, k, 0);
+  free(g);
+  CUDA_OK(cudaMemsetAsync(y, 0xff, (size_t)(m * n) * 2, s));
+  TPC_OK(tpc_gemm(h, m, n, k, x.d, k, w.d, k, y, n, TPC_BFLOAT16, s));
+  CUDA_OK(cudaStreamSynchronize(s));
+  TPC_OK(tpc_gemm_handle_autotuned(h, &tuned));
+  cr_assert_eq(tuned, 1, "the first eager call tunes the plan (%lld)", (long long)tuned);
+  g = out_fetch(y, m, n, n, 0, 0);
+  check_gemm("tuned after capture", g, n, &x, &w, m, n, k, 0);
+  free(g);
+  CUDA_OK(cudaGraphExecDestroy(exec));
+  CUDA_OK(cudaGraphDestroy(graph));
+  TPC_OK(tpc_gemm_handle_destroy(h));
+  cudaFree(y);
+  mat_free(&x);
+  mat_free(&w);
+  CUDA_OK(cudaStreamDestroy(s));
 }
 
 Test(gemm_gpu, merged_equals_separate, .timeout = 300) {
