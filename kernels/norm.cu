@@ -48,9 +48,11 @@
 #include <math.h>
 #include <stdarg.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <atomic>
+#include <type_traits>
 
 #include <cuda_runtime_api.h>
 
@@ -62,9 +64,6 @@ extern "C" {        /* the library's internal C headers (no guards of their own)
 #include "pdl.cuh"
 }
 
-#ifndef TPC_NORM_PDL_EARLY_TRIGGER
-#define TPC_NORM_PDL_EARLY_TRIGGER 0
-#endif
 
 namespace {
 
@@ -183,6 +182,21 @@ __device__ __forceinline__ void st8(uint16_t* p, const uint4& v, int valid) {
 using tpc::pdl_trigger; /* kernels/pdl.cuh */
 using tpc::pdl_wait;
 
+/* EXPERIMENT (TPCOMM_NORM_EXP, temporary): where the PDL trigger sits and whether the first work item is
+ * prefetched into L2 before the PDL wait. */
+constexpr int kTrigAfterWait = 1;  /* trigger right after the wait */
+constexpr int kTrigBeforeWait = 2; /* trigger first thing */
+constexpr int kPrefetch = 4;       /* L2 prefetch of the first item's rows before the wait */
+
+/* Pulls the 16 bytes at p (VEC 8) or the 8 elements from p (VEC 1, may straddle two sectors) into L2. Only a
+ * hint: safe before griddepcontrol.wait, because L2 is where the previous grid's stores land (a prefetched
+ * line is updated by them; L1 is not filled). */
+template <int VEC>
+__device__ __forceinline__ void prefetch_l2(const uint16_t* p) {
+  asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+  if constexpr (VEC != 8) asm volatile("prefetch.global.L2 [%0];" ::"l"(p + 7));
+}
+
 /* ---- rows --------------------------------------------------------------------------------------------- */
 struct RowSeg {
   const uint16_t* in; /* rows read */
@@ -199,7 +213,9 @@ struct RowSeg {
 struct RowArgs {
   RowSeg seg[2];
   int64_t total_blocks; /* seg[0].blocks + seg[1].blocks (seg[1].blocks 0 when unused) */
+  int64_t prefetch_blocks; /* blocks below this prefetch their first rows before the PDL wait */
   float eps;
+  int flags;
 };
 
 /* Field by field, so the kernel never indexes its parameter array dynamically (no local copy). */
@@ -228,10 +244,28 @@ __global__ void __launch_bounds__(1024) norm_rows_kernel(const RowArgs a) {
   /* fused: vectors of residual loaded at once (element-wise loads hold 8 registers per vector) */
   constexpr int kFusedChunk = (VEC == 8 ? 4 : 2) / (ITEMS == 8 ? 2 : 1);
   __shared__ float s_part[2][32];
+  if (a.flags & kTrigBeforeWait) pdl_trigger();
+  if (VEC == 8 && (a.flags & kPrefetch) && (int64_t)blockIdx.x < a.prefetch_blocks && (int64_t)blockIdx.x < a.total_blocks) {
+    const int64_t blk = blockIdx.x;
+    const bool second = blk >= a.seg[0].blocks;
+    const RowSeg s = pick_seg(a, second);
+    const int64_t b = second ? blk - a.seg[0].blocks : blk;
+    const int grp = (int)threadIdx.x / s.group;
+    const int lane = (int)threadIdx.x - grp * s.group;
+    const int64_t row = b * s.rows_per_block + grp;
+    if (grp < s.rows_per_block && row < s.rows) {
+#pragma unroll
+      for (int j = 0; j < ITEMS; j++) {
+        const int e = (j * s.group + lane) * 8;
+        if (e < s.hidden) {
+          prefetch_l2<VEC>(s.in + row * s.in_stride + e);
+          if constexpr (FUSED) prefetch_l2<VEC>(s.res + row * s.res_stride + e);
+        }
+      }
+    }
+  }
   pdl_wait();
-#if TPC_NORM_PDL_EARLY_TRIGGER
-  pdl_trigger();
-#endif
+  if (a.flags & kTrigAfterWait) pdl_trigger();
   int iter = 0;
   for (int64_t blk = blockIdx.x; blk < a.total_blocks; blk += gridDim.x, iter++) {
     const bool second = blk >= a.seg[0].blocks; /* uniform in the block */
@@ -314,9 +348,7 @@ __global__ void __launch_bounds__(1024) norm_rows_kernel(const RowArgs a) {
       }
     }
   }
-#if !TPC_NORM_PDL_EARLY_TRIGGER
-  pdl_trigger();
-#endif
+  if (!(a.flags & (kTrigAfterWait | kTrigBeforeWait))) pdl_trigger();
 }
 
 /* ---- per head ----------------------------------------------------------------------------------------- */
@@ -335,30 +367,16 @@ struct HeadArgs {
   uint32_t step_head;      /* step % heads */
   uint32_t q_heads, heads; /* heads = q_heads + kv_heads */
   float eps, inv_d;
+  int flags;
 };
 
-template <typename T, int VEC, int D, int ROWS>
-__global__ void __launch_bounds__(kHeadBlock) qk_per_head_kernel(const HeadArgs a) {
-  constexpr int G = D / 8;               /* threads per head row */
-  constexpr int GPB = kHeadBlock / G;    /* groups per block */
-  constexpr int GPW = 32 / G;            /* groups per warp */
-  const int lane = (int)threadIdx.x % G; /* vector of the row this thread owns */
-  const uint32_t gib = threadIdx.x / G;  /* group in block */
-  /* first item of this warp (uniform in the warp) and of this group; unsigned: < 2^31 + ROWS * step */
-  const uint32_t warp_base = blockIdx.x * GPB + (gib / GPW) * GPW;
-  const uint32_t first = blockIdx.x * GPB + gib;
-  pdl_wait();
-#if TPC_NORM_PDL_EARLY_TRIGGER
-  pdl_trigger();
-#endif
-  const uint4 wq = ldg8<VEC>(a.wq + lane * 8, 8);
-  const uint4 wk = ldg8<VEC>(a.wk + lane * 8, 8);
-  uint32_t tok = first / a.heads;
-  uint32_t head = first - tok * a.heads;
-
-  for (uint32_t base = warp_base; base < a.total; base += ROWS * a.step) {
-    uint16_t* p[ROWS];
-    bool ok[ROWS], isq[ROWS];
+/* The ROWS head rows of one iteration of a group: their addresses, whether they exist, whether they are q.
+ * Advances (tok, head) by ROWS items of `step`. */
+template <int D, int ROWS>
+struct HeadRows {
+  uint16_t* p[ROWS];
+  bool ok[ROWS], isq[ROWS];
+  __device__ __forceinline__ void next(const HeadArgs& a, uint32_t& tok, uint32_t& head, int lane) {
 #pragma unroll
     for (int j = 0; j < ROWS; j++) {
       ok[j] = tok < a.tokens;
@@ -374,33 +392,122 @@ __global__ void __launch_bounds__(kHeadBlock) qk_per_head_kernel(const HeadArgs 
         tok++;
       }
     }
-    uint4 x[ROWS];
-    float ss[ROWS];
+  }
+};
+
+template <typename T, int VEC, int D, int ROWS>
+__device__ __forceinline__ void head_rows_load(uint4 (&x)[ROWS], const HeadRows<D, ROWS>& r) {
 #pragma unroll
-    for (int j = 0; j < ROWS; j++) x[j] = ok[j] ? ld8<VEC>(p[j], 8) : make_uint4(0u, 0u, 0u, 0u);
+  for (int j = 0; j < ROWS; j++) x[j] = r.ok[j] ? ld8<VEC>(r.p[j], 8) : make_uint4(0u, 0u, 0u, 0u);
+}
+
+/* sum of squares over the group (xor shuffles), scale, store */
+template <typename T, int VEC, int D, int ROWS>
+__device__ __forceinline__ void head_rows_finish(const uint4 (&x)[ROWS], const HeadRows<D, ROWS>& r, const uint4& wq,
+                                                 const uint4& wk, const HeadArgs& a) {
+  constexpr int G = D / 8;
+  float ss[ROWS];
 #pragma unroll
-    for (int j = 0; j < ROWS; j++) ss[j] = sum_squares8<T>(x[j]);
+  for (int j = 0; j < ROWS; j++) ss[j] = sum_squares8<T>(x[j]);
 #pragma unroll
-    for (int o = G >> 1; o > 0; o >>= 1) {
+  for (int o = G >> 1; o > 0; o >>= 1) {
 #pragma unroll
-      for (int j = 0; j < ROWS; j++) ss[j] += __shfl_xor_sync(0xffffffffu, ss[j], o);
-    }
+    for (int j = 0; j < ROWS; j++) ss[j] += __shfl_xor_sync(0xffffffffu, ss[j], o);
+  }
 #pragma unroll
-    for (int j = 0; j < ROWS; j++) {
-      if (ok[j]) {
-        const float r = rsqrtf(fmaf(ss[j], a.inv_d, a.eps));
-        st8<VEC>(p[j], scale8<T>(x[j], select4(isq[j], wq, wk), r), 8);
-      }
+  for (int j = 0; j < ROWS; j++) {
+    if (r.ok[j]) {
+      const float rs = rsqrtf(fmaf(ss[j], a.inv_d, a.eps));
+      st8<VEC>(r.p[j], scale8<T>(x[j], select4(r.isq[j], wq, wk), rs), 8);
     }
   }
-#if !TPC_NORM_PDL_EARLY_TRIGGER
-  pdl_trigger();
-#endif
+}
+
+/* PIPE: the next iteration's rows are loaded before this iteration's are reduced and stored. */
+template <typename T, int VEC, int D, int ROWS, bool PIPE>
+__global__ void __launch_bounds__(kHeadBlock) qk_per_head_kernel(const HeadArgs a) {
+  constexpr int G = D / 8;               /* threads per head row */
+  constexpr int GPB = kHeadBlock / G;    /* groups per block */
+  constexpr int GPW = 32 / G;            /* groups per warp */
+  const int lane = (int)threadIdx.x % G; /* vector of the row this thread owns */
+  const uint32_t gib = threadIdx.x / G;  /* group in block */
+  /* first item of this warp (uniform in the warp) and of this group; unsigned: < 2^31 + ROWS * step */
+  const uint32_t warp_base = blockIdx.x * GPB + (gib / GPW) * GPW;
+  const uint32_t first = blockIdx.x * GPB + gib;
+  uint32_t tok = first / a.heads;
+  uint32_t head = first - tok * a.heads;
+  HeadRows<D, ROWS> r;
+  r.next(a, tok, head, lane);
+  if (a.flags & kTrigBeforeWait) pdl_trigger();
+  if (a.flags & kPrefetch) {
+#pragma unroll
+    for (int j = 0; j < ROWS; j++)
+      if (r.ok[j]) prefetch_l2<VEC>(r.p[j]);
+  }
+  pdl_wait();
+  if (a.flags & kTrigAfterWait) pdl_trigger();
+  const uint4 wq = ldg8<VEC>(a.wq + lane * 8, 8);
+  const uint4 wk = ldg8<VEC>(a.wk + lane * 8, 8);
+
+  if constexpr (PIPE) {
+    uint4 x[ROWS];
+    head_rows_load<T, VEC, D, ROWS>(x, r);
+    for (uint32_t base = warp_base; base < a.total; base += ROWS * a.step) {
+      HeadRows<D, ROWS> rn;
+      rn.next(a, tok, head, lane);
+      uint4 xn[ROWS];
+      head_rows_load<T, VEC, D, ROWS>(xn, rn);
+      head_rows_finish<T, VEC, D, ROWS>(x, r, wq, wk, a);
+#pragma unroll
+      for (int j = 0; j < ROWS; j++) x[j] = xn[j];
+      r = rn;
+    }
+  } else {
+    for (uint32_t base = warp_base; base < a.total; base += ROWS * a.step) {
+      uint4 x[ROWS];
+      head_rows_load<T, VEC, D, ROWS>(x, r);
+      head_rows_finish<T, VEC, D, ROWS>(x, r, wq, wk, a);
+      r.next(a, tok, head, lane);
+    }
+  }
+  if (!(a.flags & (kTrigAfterWait | kTrigBeforeWait))) pdl_trigger();
 }
 
 /* ---- host side ---------------------------------------------------------------------------------------- */
 constexpr int kMaxDevices = 64;
 constexpr int kHeadRows = 2; /* ROWS of qk_per_head_kernel */
+
+/* EXPERIMENT (temporary): TPCOMM_NORM_EXP="t<0|1|2>p<0|1>h<0|1|2>g<0|1>", read once per process.
+ * t: PDL trigger at the end / right after the wait / before the wait; p: L2 prefetch of the first item before
+ * the wait; h (per head, bf16 head_dim 128 dense only): ROWS 2 / ROWS 4 / ROWS 2 pipelined; g: per-head grid
+ * counts ROWS items per group (fewer blocks for tiny inputs). */
+struct ExpCfg {
+  int flags, head, grid;
+};
+ExpCfg exp_config() {
+  static std::atomic<int> s_packed{-1};
+  int v = s_packed.load(std::memory_order_relaxed);
+  if (v < 0) {
+    int t = 1, p = 1, h = 0, g = 0;
+    const char* e = getenv("TPCOMM_NORM_EXP");
+    for (; e && e[0] && e[1]; e += 2) {
+      const int d = e[1] - '0';
+      if (d < 0 || d > 9) break;
+      if (e[0] == 't') t = d;
+      if (e[0] == 'p') p = d;
+      if (e[0] == 'h') h = d;
+      if (e[0] == 'g') g = d;
+    }
+    v = t | (p << 4) | (h << 8) | (g << 12);
+    s_packed.store(v, std::memory_order_relaxed);
+  }
+  ExpCfg c;
+  const int t = v & 15;
+  c.flags = (t == 1 ? kTrigAfterWait : t == 2 ? kTrigBeforeWait : 0) | (((v >> 4) & 15) ? kPrefetch : 0);
+  c.head = (v >> 8) & 15;
+  c.grid = (v >> 12) & 15;
+  return c;
+}
 
 /* Per-device attributes, cached (the first call per device queries). */
 struct DevInfo {
@@ -590,6 +697,8 @@ tpc_status_t launch_rows(const char* fn, RowArgs* a, int nseg, bool fused, bool 
   TPC_CHECK(launch_setup(fn, &d, &pdl));
   int items = 0;
   const int block = plan_rows(a, nseg, &items);
+  a->flags = exp_config().flags;
+  a->prefetch_blocks = (int64_t)d.sms * (2048 / block); /* at most the blocks of the first wave */
   const bool bf16 = dtype == TPC_BFLOAT16;
   if (fused) {
     if (bf16)
@@ -606,7 +715,7 @@ tpc_status_t launch_rows(const char* fn, RowArgs* a, int nseg, bool fused, bool 
 }
 
 /* ---- per-head launches -------------------------------------------------------------------------------- */
-template <typename T, int VEC, int D>
+template <typename T, int VEC, int D, int ROWS, bool PIPE>
 tpc_status_t launch_per_head_typed(const char* fn, HeadArgs a, const DevInfo& d, bool pdl, cudaStream_t stream) {
   constexpr int GPB = kHeadBlock / (D / 8);
   /* resident blocks per SM of this instantiation, per device (queried once) */
@@ -614,28 +723,37 @@ tpc_status_t launch_per_head_typed(const char* fn, HeadArgs a, const DevInfo& d,
   int occ = d.device < kMaxDevices ? s_occupancy[d.device].load(std::memory_order_relaxed) : 0;
   if (occ <= 0) {
     const cudaError_t err =
-        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, qk_per_head_kernel<T, VEC, D, kHeadRows>, kHeadBlock, 0);
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, qk_per_head_kernel<T, VEC, D, ROWS, PIPE>, kHeadBlock, 0);
     if (err != cudaSuccess) return cuda_fail(fn, "cudaOccupancyMaxActiveBlocksPerMultiprocessor", err);
     if (occ < 1) occ = 1;
     if (d.device < kMaxDevices) s_occupancy[d.device].store(occ, std::memory_order_relaxed);
   }
+  const ExpCfg x = exp_config();
+  const int64_t per_block = (int64_t)GPB * (x.grid ? ROWS : 1);
   const int64_t persistent = (int64_t)d.sms * occ;
-  const int64_t needed = ((int64_t)a.total + GPB - 1) / GPB;
+  const int64_t needed = ((int64_t)a.total + per_block - 1) / per_block;
   const int64_t grid = needed < persistent ? needed : persistent;
   a.step = (uint32_t)(grid * GPB);
   a.step_tok = a.step / a.heads;
   a.step_head = a.step % a.heads;
   a.inv_d = 1.0f / (float)D;
-  return launch(fn, qk_per_head_kernel<T, VEC, D, kHeadRows>, grid, kHeadBlock, pdl, stream, a);
+  a.flags = x.flags;
+  return launch(fn, qk_per_head_kernel<T, VEC, D, ROWS, PIPE>, grid, kHeadBlock, pdl, stream, a);
 }
 
 template <typename T, int VEC>
 tpc_status_t launch_per_head_dim(const char* fn, const HeadArgs& a, int head_dim, const DevInfo& d, bool pdl,
                                  cudaStream_t stream) {
   switch (head_dim) {
-    case 64: return launch_per_head_typed<T, VEC, 64>(fn, a, d, pdl, stream);
-    case 128: return launch_per_head_typed<T, VEC, 128>(fn, a, d, pdl, stream);
-    case 256: return launch_per_head_typed<T, VEC, 256>(fn, a, d, pdl, stream);
+    case 64: return launch_per_head_typed<T, VEC, 64, kHeadRows, false>(fn, a, d, pdl, stream);
+    case 128:
+      if constexpr (VEC == 8 && std::is_same<T, __nv_bfloat16>::value) {
+        const int h = exp_config().head;
+        if (h == 1) return launch_per_head_typed<T, VEC, 128, 4, false>(fn, a, d, pdl, stream);
+        if (h == 2) return launch_per_head_typed<T, VEC, 128, 2, true>(fn, a, d, pdl, stream);
+      }
+      return launch_per_head_typed<T, VEC, 128, kHeadRows, false>(fn, a, d, pdl, stream);
+    case 256: return launch_per_head_typed<T, VEC, 256, kHeadRows, false>(fn, a, d, pdl, stream);
     default: return tpc_error(NULL, TPC_ERR_INTERNAL, "%s: no kernel for head_dim=%d", fn, head_dim);
   }
 }
