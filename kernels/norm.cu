@@ -179,6 +179,25 @@ __device__ __forceinline__ void st8(uint16_t* p, const uint4& v, int valid) {
   }
 }
 
+/* data (not weights) with the streaming hint (.cs: evict first) when cs, on the 16-byte path */
+template <int VEC>
+__device__ __forceinline__ uint4 ldx(const uint16_t* p, int valid, bool cs) {
+  if constexpr (VEC == 8) {
+    if (cs) return __ldcs(reinterpret_cast<const uint4*>(p));
+  }
+  return ld8<VEC>(p, valid);
+}
+template <int VEC>
+__device__ __forceinline__ void stx(uint16_t* p, const uint4& v, int valid, bool cs) {
+  if constexpr (VEC == 8) {
+    if (cs) {
+      __stcs(reinterpret_cast<uint4*>(p), v);
+      return;
+    }
+  }
+  st8<VEC>(p, v, valid);
+}
+
 using tpc::pdl_trigger; /* kernels/pdl.cuh */
 using tpc::pdl_wait;
 
@@ -187,6 +206,7 @@ using tpc::pdl_wait;
 constexpr int kTrigAfterWait = 1;  /* trigger right after the wait */
 constexpr int kTrigBeforeWait = 2; /* trigger first thing */
 constexpr int kPrefetch = 4;       /* L2 prefetch of the first item's rows before the wait */
+constexpr int kStream = 8;         /* .cs loads and stores of the data */
 
 /* Pulls the 16 bytes at p (VEC 8) or the 8 elements from p (VEC 1, may straddle two sectors) into L2. Only a
  * hint: safe before griddepcontrol.wait, because L2 is where the previous grid's stores land (a prefetched
@@ -285,7 +305,7 @@ __global__ void __launch_bounds__(1024) norm_rows_kernel(const RowArgs a) {
 #pragma unroll
       for (int j = 0; j < ITEMS; j++) {
         const int e = (j * s.group + lane) * 8;
-        if (e < s.hidden) x[j] = ld8<VEC>(in + e, s.hidden - e);
+        if (e < s.hidden) x[j] = ldx<VEC>(in + e, s.hidden - e, a.flags & kStream);
       }
       if constexpr (FUSED) {
         /* the residual in chunks of CH vectors: x[] and one chunk of it live at a time (registers) */
@@ -298,14 +318,14 @@ __global__ void __launch_bounds__(1024) norm_rows_kernel(const RowArgs a) {
           for (int j = c; j < c + CH; j++) {
             const int e = (j * s.group + lane) * 8;
             r[j - c] = make_uint4(0u, 0u, 0u, 0u);
-            if (e < s.hidden) r[j - c] = ld8<VEC>(res + e, s.hidden - e);
+            if (e < s.hidden) r[j - c] = ldx<VEC>(res + e, s.hidden - e, a.flags & kStream);
           }
 #pragma unroll
           for (int j = c; j < c + CH; j++) {
             const int e = (j * s.group + lane) * 8;
             if (e < s.hidden) {
               x[j] = add8<T>(x[j], r[j - c]);
-              st8<VEC>(res + e, x[j], s.hidden - e);
+              stx<VEC>(res + e, x[j], s.hidden - e, a.flags & kStream);
             }
           }
         }
@@ -343,7 +363,7 @@ __global__ void __launch_bounds__(1024) norm_rows_kernel(const RowArgs a) {
         const int e = (j * s.group + lane) * 8;
         if (e < s.hidden) {
           if constexpr (!kPrefetchWeight) w[j] = ldg8<VEC>(s.w + e, s.hidden - e);
-          st8<VEC>(out + e, scale8<T>(x[j], w[j], r), s.hidden - e);
+          stx<VEC>(out + e, scale8<T>(x[j], w[j], r), s.hidden - e, a.flags & kStream);
         }
       }
     }
@@ -396,9 +416,9 @@ struct HeadRows {
 };
 
 template <typename T, int VEC, int D, int ROWS>
-__device__ __forceinline__ void head_rows_load(uint4 (&x)[ROWS], const HeadRows<D, ROWS>& r) {
+__device__ __forceinline__ void head_rows_load(uint4 (&x)[ROWS], const HeadRows<D, ROWS>& r, bool cs) {
 #pragma unroll
-  for (int j = 0; j < ROWS; j++) x[j] = r.ok[j] ? ld8<VEC>(r.p[j], 8) : make_uint4(0u, 0u, 0u, 0u);
+  for (int j = 0; j < ROWS; j++) x[j] = r.ok[j] ? ldx<VEC>(r.p[j], 8, cs) : make_uint4(0u, 0u, 0u, 0u);
 }
 
 /* sum of squares over the group (xor shuffles), scale, store */
@@ -418,7 +438,7 @@ __device__ __forceinline__ void head_rows_finish(const uint4 (&x)[ROWS], const H
   for (int j = 0; j < ROWS; j++) {
     if (r.ok[j]) {
       const float rs = rsqrtf(fmaf(ss[j], a.inv_d, a.eps));
-      st8<VEC>(r.p[j], scale8<T>(x[j], select4(r.isq[j], wq, wk), rs), 8);
+      stx<VEC>(r.p[j], scale8<T>(x[j], select4(r.isq[j], wq, wk), rs), 8, a.flags & kStream);
     }
   }
 }
@@ -451,12 +471,12 @@ __global__ void __launch_bounds__(kHeadBlock) qk_per_head_kernel(const HeadArgs 
 
   if constexpr (PIPE) {
     uint4 x[ROWS];
-    head_rows_load<T, VEC, D, ROWS>(x, r);
+    head_rows_load<T, VEC, D, ROWS>(x, r, a.flags & kStream);
     for (uint32_t base = warp_base; base < a.total; base += ROWS * a.step) {
       HeadRows<D, ROWS> rn;
       rn.next(a, tok, head, lane);
       uint4 xn[ROWS];
-      head_rows_load<T, VEC, D, ROWS>(xn, rn);
+      head_rows_load<T, VEC, D, ROWS>(xn, rn, a.flags & kStream);
       head_rows_finish<T, VEC, D, ROWS>(x, r, wq, wk, a);
 #pragma unroll
       for (int j = 0; j < ROWS; j++) x[j] = xn[j];
@@ -465,7 +485,7 @@ __global__ void __launch_bounds__(kHeadBlock) qk_per_head_kernel(const HeadArgs 
   } else {
     for (uint32_t base = warp_base; base < a.total; base += ROWS * a.step) {
       uint4 x[ROWS];
-      head_rows_load<T, VEC, D, ROWS>(x, r);
+      head_rows_load<T, VEC, D, ROWS>(x, r, a.flags & kStream);
       head_rows_finish<T, VEC, D, ROWS>(x, r, wq, wk, a);
       r.next(a, tok, head, lane);
     }
@@ -477,10 +497,10 @@ __global__ void __launch_bounds__(kHeadBlock) qk_per_head_kernel(const HeadArgs 
 constexpr int kMaxDevices = 64;
 constexpr int kHeadRows = 2; /* ROWS of qk_per_head_kernel */
 
-/* EXPERIMENT (temporary): TPCOMM_NORM_EXP="t<0|1|2>p<0|1>h<0|1|2>g<0|1>", read once per process.
+/* EXPERIMENT (temporary): TPCOMM_NORM_EXP="t<0|1|2>p<0|1>h<0|1|2>g<0|1>s<0|1>", read once per process.
  * t: PDL trigger at the end / right after the wait / before the wait; p: L2 prefetch of the first item before
  * the wait; h (per head, bf16 head_dim 128 dense only): ROWS 2 / ROWS 4 / ROWS 2 pipelined; g: per-head grid
- * counts ROWS items per group (fewer blocks for tiny inputs). */
+ * counts ROWS items per group (fewer blocks for tiny inputs); s: .cs (streaming) loads and stores of the data. */
 struct ExpCfg {
   int flags, head, grid;
 };
@@ -488,7 +508,7 @@ ExpCfg exp_config() {
   static std::atomic<int> s_packed{-1};
   int v = s_packed.load(std::memory_order_relaxed);
   if (v < 0) {
-    int t = 1, p = 1, h = 0, g = 0;
+    int t = 1, p = 1, h = 0, g = 0, st = 0;
     const char* e = getenv("TPCOMM_NORM_EXP");
     for (; e && e[0] && e[1]; e += 2) {
       const int d = e[1] - '0';
@@ -497,13 +517,15 @@ ExpCfg exp_config() {
       if (e[0] == 'p') p = d;
       if (e[0] == 'h') h = d;
       if (e[0] == 'g') g = d;
+      if (e[0] == 's') st = d;
     }
-    v = t | (p << 4) | (h << 8) | (g << 12);
+    v = t | (p << 4) | (h << 8) | (g << 12) | (st << 16);
     s_packed.store(v, std::memory_order_relaxed);
   }
   ExpCfg c;
   const int t = v & 15;
-  c.flags = (t == 1 ? kTrigAfterWait : t == 2 ? kTrigBeforeWait : 0) | (((v >> 4) & 15) ? kPrefetch : 0);
+  c.flags = (t == 1 ? kTrigAfterWait : t == 2 ? kTrigBeforeWait : 0) | (((v >> 4) & 15) ? kPrefetch : 0) |
+            (((v >> 16) & 15) ? kStream : 0);
   c.head = (v >> 8) & 15;
   c.grid = (v >> 12) & 15;
   return c;
