@@ -44,8 +44,9 @@
  * griddepcontrol.launch_dependents, so the next kernel's blocks are scheduled as ours leave and sit
  * prefetching and waiting instead of being launched after our last block (correctness never depends on
  * the trigger: a dependent's wait covers this grid's completion and memory flush). Only the first wave
- * of a non-persistent grid prefetches (later blocks start after the wait is satisfied), and the fused
- * kernel does not: measured slower with it at 1024 x 4096 (11.4 against 10.1 us).
+ * of a non-persistent grid prefetches (later blocks start after the wait is satisfied). Measured slower
+ * with the prefetch, so without it: the fused kernel (1024 x 4096: 10.1 -> 11.4 us) and per head with
+ * head_dim 64 (1024 tokens: 6.25 -> 6.64 us).
  *
  * Relies on: no shared memory beyond 256 bytes; no local memory (build with -Xptxas=-warn-spills); the
  * launchers validating every argument before any CUDA call, sizes below the limits in kernels.h, and the
@@ -433,11 +434,15 @@ __global__ void __launch_bounds__(kHeadBlock) qk_per_head_kernel(const HeadArgs 
   const uint32_t first = blockIdx.x * GPB + gib;
   uint32_t tok = first / a.heads;
   uint32_t head = first - tok * a.heads;
+  /* head_dim 64: measured slower with the prefetch (1024 tokens, GQA 8, 8 kv heads: 6.25 -> 6.64 us) */
+  constexpr bool kPrefetch = D >= 128;
   HeadRows<D, ROWS> r;
   r.next(a, tok, head, lane);
+  if constexpr (kPrefetch) {
 #pragma unroll
-  for (int j = 0; j < ROWS; j++)
-    if (r.ok[j]) prefetch_l2<VEC>(r.p[j]);
+    for (int j = 0; j < ROWS; j++)
+      if (r.ok[j]) prefetch_l2<VEC>(r.p[j]);
+  }
   pdl_wait();
   pdl_trigger();
   const uint4 wq = ldg8<VEC>(a.wq + lane * 8, 8);
