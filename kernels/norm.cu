@@ -28,16 +28,25 @@
  * groups touch consecutive memory. 256 threads per block; a persistent grid of min(work / heads per
  * block, SMs x resident blocks per SM) blocks that grid-strides over the items; (token, head) advance
  * by a precomputed (step / heads, step % heads) with no division in the loop. The loop bound is uniform
- * per warp, so full-warp shuffles are always legal. ROWS = 2 (kHeadRows).
+ * per warp, so full-warp shuffles are always legal. ROWS = 2 (kHeadRows). Pipelined form (PIPE, bf16 /
+ * head_dim 128 / 16-byte vectors, chosen when the work exceeds one pass of the plain grid): the next
+ * iteration's ROWS rows are loaded before this iteration's are reduced and stored, so a group always has
+ * loads in flight (measured 78.8 -> 76.5 us at 8192 tokens, GQA 8, 8 kv heads, on H200).
  *
  * Registers (ptxas, sm_90a, CUDA 13.0; no spills, no stack): norm_rows_kernel 31-34 with ITEMS 1-2 (full
- * occupancy), 61-64 with ITEMS 4-8 (bounded by __launch_bounds__(1024)); qk_per_head_kernel 40 for bf16
- * (6 blocks of 256 per SM) and 48 for fp16 (5 blocks).
+ * occupancy), 58-64 with ITEMS 4-8 (bounded by __launch_bounds__(1024)); qk_per_head_kernel 40 for bf16
+ * (6 blocks of 256 per SM), 59 pipelined (4 blocks), and 46-48 for fp16 (5 blocks).
  *
- * PDL (sm_90+, launched with programmatic stream serialization unless TPCOMM_PDL=0): griddepcontrol.wait
- * before the first global read, griddepcontrol.launch_dependents after the block's last store
- * (-DTPC_NORM_PDL_EARLY_TRIGGER=1 moves it right after the wait, an experiment: correctness never depends
- * on it, because a dependent's wait covers this grid's completion and memory flush).
+ * PDL (sm_90+, launched with programmatic stream serialization unless TPCOMM_PDL=0): each block first
+ * prefetches into L2 the rows of its first work item (prefetch.global.L2: a hint that reads nothing into
+ * registers or L1, so it cannot observe data the previous kernel is still writing: those stores land in
+ * L2 and update the line), then griddepcontrol.wait before the first global read, then at once
+ * griddepcontrol.launch_dependents, so the next kernel's blocks are scheduled as ours leave and sit
+ * prefetching and waiting instead of being launched after our last block (correctness never depends on
+ * the trigger: a dependent's wait covers this grid's completion and memory flush). Only the first wave
+ * of a non-persistent grid prefetches (later blocks start after the wait is satisfied). Measured slower
+ * with the prefetch, so without it: the fused kernel (1024 x 4096: 10.1 -> 11.4 us) and per head with
+ * head_dim 64 (1024 tokens: 6.25 -> 6.64 us).
  *
  * Relies on: no shared memory beyond 256 bytes; no local memory (build with -Xptxas=-warn-spills); the
  * launchers validating every argument before any CUDA call, sizes below the limits in kernels.h, and the
@@ -51,6 +60,7 @@
 #include <string.h>
 
 #include <atomic>
+#include <type_traits>
 
 #include <cuda_runtime_api.h>
 
@@ -61,10 +71,6 @@ extern "C" {        /* the library's internal C headers (no guards of their own)
 #include "param.h"  /* tpc_param_resolve(TPC_P_PDL) */
 #include "pdl.cuh"
 }
-
-#ifndef TPC_NORM_PDL_EARLY_TRIGGER
-#define TPC_NORM_PDL_EARLY_TRIGGER 0
-#endif
 
 namespace {
 
@@ -183,6 +189,15 @@ __device__ __forceinline__ void st8(uint16_t* p, const uint4& v, int valid) {
 using tpc::pdl_trigger; /* kernels/pdl.cuh */
 using tpc::pdl_wait;
 
+/* Pulls the 16 bytes at p (VEC 8) or the 8 elements from p (VEC 1, may straddle two sectors) into L2. Only a
+ * hint, and safe before griddepcontrol.wait: L2 is where the previous grid's stores land (a prefetched line
+ * is updated by them, as are lines a remote GPU writes), and L1 is not filled. */
+template <int VEC>
+__device__ __forceinline__ void prefetch_l2(const uint16_t* p) {
+  asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+  if constexpr (VEC != 8) asm volatile("prefetch.global.L2 [%0];" ::"l"(p + 7));
+}
+
 /* ---- rows --------------------------------------------------------------------------------------------- */
 struct RowSeg {
   const uint16_t* in; /* rows read */
@@ -199,6 +214,8 @@ struct RowSeg {
 struct RowArgs {
   RowSeg seg[2];
   int64_t total_blocks; /* seg[0].blocks + seg[1].blocks (seg[1].blocks 0 when unused) */
+  int64_t prefetch_blocks; /* blocks below this (the first wave) prefetch their first rows before the PDL wait;
+                              0: none (the fused kernel: measured slower with it) */
   float eps;
 };
 
@@ -228,10 +245,27 @@ __global__ void __launch_bounds__(1024) norm_rows_kernel(const RowArgs a) {
   /* fused: vectors of residual loaded at once (element-wise loads hold 8 registers per vector) */
   constexpr int kFusedChunk = (VEC == 8 ? 4 : 2) / (ITEMS == 8 ? 2 : 1);
   __shared__ float s_part[2][32];
+  if (VEC == 8 && (int64_t)blockIdx.x < a.prefetch_blocks && (int64_t)blockIdx.x < a.total_blocks) {
+    const int64_t blk = blockIdx.x;
+    const bool second = blk >= a.seg[0].blocks;
+    const RowSeg s = pick_seg(a, second);
+    const int64_t b = second ? blk - a.seg[0].blocks : blk;
+    const int grp = (int)threadIdx.x / s.group;
+    const int lane = (int)threadIdx.x - grp * s.group;
+    const int64_t row = b * s.rows_per_block + grp;
+    if (grp < s.rows_per_block && row < s.rows) {
+#pragma unroll
+      for (int j = 0; j < ITEMS; j++) {
+        const int e = (j * s.group + lane) * 8;
+        if (e < s.hidden) {
+          prefetch_l2<VEC>(s.in + row * s.in_stride + e);
+          if constexpr (FUSED) prefetch_l2<VEC>(s.res + row * s.res_stride + e);
+        }
+      }
+    }
+  }
   pdl_wait();
-#if TPC_NORM_PDL_EARLY_TRIGGER
   pdl_trigger();
-#endif
   int iter = 0;
   for (int64_t blk = blockIdx.x; blk < a.total_blocks; blk += gridDim.x, iter++) {
     const bool second = blk >= a.seg[0].blocks; /* uniform in the block */
@@ -314,9 +348,6 @@ __global__ void __launch_bounds__(1024) norm_rows_kernel(const RowArgs a) {
       }
     }
   }
-#if !TPC_NORM_PDL_EARLY_TRIGGER
-  pdl_trigger();
-#endif
 }
 
 /* ---- per head ----------------------------------------------------------------------------------------- */
@@ -337,28 +368,13 @@ struct HeadArgs {
   float eps, inv_d;
 };
 
-template <typename T, int VEC, int D, int ROWS>
-__global__ void __launch_bounds__(kHeadBlock) qk_per_head_kernel(const HeadArgs a) {
-  constexpr int G = D / 8;               /* threads per head row */
-  constexpr int GPB = kHeadBlock / G;    /* groups per block */
-  constexpr int GPW = 32 / G;            /* groups per warp */
-  const int lane = (int)threadIdx.x % G; /* vector of the row this thread owns */
-  const uint32_t gib = threadIdx.x / G;  /* group in block */
-  /* first item of this warp (uniform in the warp) and of this group; unsigned: < 2^31 + ROWS * step */
-  const uint32_t warp_base = blockIdx.x * GPB + (gib / GPW) * GPW;
-  const uint32_t first = blockIdx.x * GPB + gib;
-  pdl_wait();
-#if TPC_NORM_PDL_EARLY_TRIGGER
-  pdl_trigger();
-#endif
-  const uint4 wq = ldg8<VEC>(a.wq + lane * 8, 8);
-  const uint4 wk = ldg8<VEC>(a.wk + lane * 8, 8);
-  uint32_t tok = first / a.heads;
-  uint32_t head = first - tok * a.heads;
-
-  for (uint32_t base = warp_base; base < a.total; base += ROWS * a.step) {
-    uint16_t* p[ROWS];
-    bool ok[ROWS], isq[ROWS];
+/* The ROWS head rows of one iteration of a group: their addresses, whether they exist, whether they are q.
+ * Advances (tok, head) by ROWS items of `step`. */
+template <int D, int ROWS>
+struct HeadRows {
+  uint16_t* p[ROWS];
+  bool ok[ROWS], isq[ROWS];
+  __device__ __forceinline__ void next(const HeadArgs& a, uint32_t& tok, uint32_t& head, int lane) {
 #pragma unroll
     for (int j = 0; j < ROWS; j++) {
       ok[j] = tok < a.tokens;
@@ -374,28 +390,85 @@ __global__ void __launch_bounds__(kHeadBlock) qk_per_head_kernel(const HeadArgs 
         tok++;
       }
     }
-    uint4 x[ROWS];
-    float ss[ROWS];
+  }
+};
+
+template <typename T, int VEC, int D, int ROWS>
+__device__ __forceinline__ void head_rows_load(uint4 (&x)[ROWS], const HeadRows<D, ROWS>& r) {
 #pragma unroll
-    for (int j = 0; j < ROWS; j++) x[j] = ok[j] ? ld8<VEC>(p[j], 8) : make_uint4(0u, 0u, 0u, 0u);
+  for (int j = 0; j < ROWS; j++) x[j] = r.ok[j] ? ld8<VEC>(r.p[j], 8) : make_uint4(0u, 0u, 0u, 0u);
+}
+
+/* sum of squares over the group (xor shuffles), scale, store */
+template <typename T, int VEC, int D, int ROWS>
+__device__ __forceinline__ void head_rows_finish(const uint4 (&x)[ROWS], const HeadRows<D, ROWS>& r, const uint4& wq,
+                                                 const uint4& wk, const HeadArgs& a) {
+  constexpr int G = D / 8;
+  float ss[ROWS];
 #pragma unroll
-    for (int j = 0; j < ROWS; j++) ss[j] = sum_squares8<T>(x[j]);
+  for (int j = 0; j < ROWS; j++) ss[j] = sum_squares8<T>(x[j]);
 #pragma unroll
-    for (int o = G >> 1; o > 0; o >>= 1) {
+  for (int o = G >> 1; o > 0; o >>= 1) {
 #pragma unroll
-      for (int j = 0; j < ROWS; j++) ss[j] += __shfl_xor_sync(0xffffffffu, ss[j], o);
-    }
+    for (int j = 0; j < ROWS; j++) ss[j] += __shfl_xor_sync(0xffffffffu, ss[j], o);
+  }
 #pragma unroll
-    for (int j = 0; j < ROWS; j++) {
-      if (ok[j]) {
-        const float r = rsqrtf(fmaf(ss[j], a.inv_d, a.eps));
-        st8<VEC>(p[j], scale8<T>(x[j], select4(isq[j], wq, wk), r), 8);
-      }
+  for (int j = 0; j < ROWS; j++) {
+    if (r.ok[j]) {
+      const float rs = rsqrtf(fmaf(ss[j], a.inv_d, a.eps));
+      st8<VEC>(r.p[j], scale8<T>(x[j], select4(r.isq[j], wq, wk), rs), 8);
     }
   }
-#if !TPC_NORM_PDL_EARLY_TRIGGER
+}
+
+/* PIPE: the next iteration's rows are loaded before this iteration's are reduced and stored. */
+template <typename T, int VEC, int D, int ROWS, bool PIPE>
+__global__ void __launch_bounds__(kHeadBlock) qk_per_head_kernel(const HeadArgs a) {
+  constexpr int G = D / 8;               /* threads per head row */
+  constexpr int GPB = kHeadBlock / G;    /* groups per block */
+  constexpr int GPW = 32 / G;            /* groups per warp */
+  const int lane = (int)threadIdx.x % G; /* vector of the row this thread owns */
+  const uint32_t gib = threadIdx.x / G;  /* group in block */
+  /* first item of this warp (uniform in the warp) and of this group; unsigned: < 2^31 + ROWS * step */
+  const uint32_t warp_base = blockIdx.x * GPB + (gib / GPW) * GPW;
+  const uint32_t first = blockIdx.x * GPB + gib;
+  uint32_t tok = first / a.heads;
+  uint32_t head = first - tok * a.heads;
+  /* head_dim 64: measured slower with the prefetch (1024 tokens, GQA 8, 8 kv heads: 6.25 -> 6.64 us) */
+  constexpr bool kPrefetch = D >= 128;
+  HeadRows<D, ROWS> r;
+  r.next(a, tok, head, lane);
+  if constexpr (kPrefetch) {
+#pragma unroll
+    for (int j = 0; j < ROWS; j++)
+      if (r.ok[j]) prefetch_l2<VEC>(r.p[j]);
+  }
+  pdl_wait();
   pdl_trigger();
-#endif
+  const uint4 wq = ldg8<VEC>(a.wq + lane * 8, 8);
+  const uint4 wk = ldg8<VEC>(a.wk + lane * 8, 8);
+
+  if constexpr (PIPE) {
+    uint4 x[ROWS];
+    head_rows_load<T, VEC, D, ROWS>(x, r);
+    for (uint32_t base = warp_base; base < a.total; base += ROWS * a.step) {
+      HeadRows<D, ROWS> rn;
+      rn.next(a, tok, head, lane);
+      uint4 xn[ROWS];
+      head_rows_load<T, VEC, D, ROWS>(xn, rn);
+      head_rows_finish<T, VEC, D, ROWS>(x, r, wq, wk, a);
+#pragma unroll
+      for (int j = 0; j < ROWS; j++) x[j] = xn[j];
+      r = rn;
+    }
+  } else {
+    for (uint32_t base = warp_base; base < a.total; base += ROWS * a.step) {
+      uint4 x[ROWS];
+      head_rows_load<T, VEC, D, ROWS>(x, r);
+      head_rows_finish<T, VEC, D, ROWS>(x, r, wq, wk, a);
+      r.next(a, tok, head, lane);
+    }
+  }
 }
 
 /* ---- host side ---------------------------------------------------------------------------------------- */
@@ -590,6 +663,7 @@ tpc_status_t launch_rows(const char* fn, RowArgs* a, int nseg, bool fused, bool 
   TPC_CHECK(launch_setup(fn, &d, &pdl));
   int items = 0;
   const int block = plan_rows(a, nseg, &items);
+  a->prefetch_blocks = fused ? 0 : (int64_t)d.sms * (2048 / block); /* at most the first wave */
   const bool bf16 = dtype == TPC_BFLOAT16;
   if (fused) {
     if (bf16)
@@ -606,27 +680,58 @@ tpc_status_t launch_rows(const char* fn, RowArgs* a, int nseg, bool fused, bool 
 }
 
 /* ---- per-head launches -------------------------------------------------------------------------------- */
+/* Whether qk_per_head_kernel has its pipelined form (PIPE) for these parameters: bf16, 16-byte vectors,
+ * head_dim 128, the only case it was measured (and tested) on; the others keep the plain loop. */
 template <typename T, int VEC, int D>
-tpc_status_t launch_per_head_typed(const char* fn, HeadArgs a, const DevInfo& d, bool pdl, cudaStream_t stream) {
-  constexpr int GPB = kHeadBlock / (D / 8);
-  /* resident blocks per SM of this instantiation, per device (queried once) */
+constexpr bool kHeadPipelined = VEC == 8 && D == 128 && std::is_same<T, __nv_bfloat16>::value;
+
+/* Resident blocks per SM of qk_per_head_kernel<T, VEC, D, kHeadRows, PIPE>, per device (queried once). */
+template <typename T, int VEC, int D, bool PIPE>
+tpc_status_t head_occupancy(const char* fn, const DevInfo& d, int* occ_out) {
   static std::atomic<int> s_occupancy[kMaxDevices];
   int occ = d.device < kMaxDevices ? s_occupancy[d.device].load(std::memory_order_relaxed) : 0;
   if (occ <= 0) {
-    const cudaError_t err =
-        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, qk_per_head_kernel<T, VEC, D, kHeadRows>, kHeadBlock, 0);
+    const cudaError_t err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+        &occ, qk_per_head_kernel<T, VEC, D, kHeadRows, PIPE>, kHeadBlock, 0);
     if (err != cudaSuccess) return cuda_fail(fn, "cudaOccupancyMaxActiveBlocksPerMultiprocessor", err);
     if (occ < 1) occ = 1;
     if (d.device < kMaxDevices) s_occupancy[d.device].store(occ, std::memory_order_relaxed);
   }
-  const int64_t persistent = (int64_t)d.sms * occ;
-  const int64_t needed = ((int64_t)a.total + GPB - 1) / GPB;
-  const int64_t grid = needed < persistent ? needed : persistent;
+  *occ_out = occ;
+  return TPC_SUCCESS;
+}
+
+template <typename T, int VEC, int D, bool PIPE>
+tpc_status_t launch_per_head_grid(const char* fn, HeadArgs a, int64_t grid, bool pdl, cudaStream_t stream) {
+  constexpr int GPB = kHeadBlock / (D / 8);
   a.step = (uint32_t)(grid * GPB);
   a.step_tok = a.step / a.heads;
   a.step_head = a.step % a.heads;
   a.inv_d = 1.0f / (float)D;
-  return launch(fn, qk_per_head_kernel<T, VEC, D, kHeadRows>, grid, kHeadBlock, pdl, stream, a);
+  return launch(fn, qk_per_head_kernel<T, VEC, D, kHeadRows, PIPE>, grid, kHeadBlock, pdl, stream, a);
+}
+
+/* Grid: one group per item up to a persistent grid of SMs x resident blocks. When the items exceed that grid
+ * (every group loops) and the pipelined form exists, it runs instead, on its own persistent grid (it holds
+ * more registers: fewer blocks per SM). Measured (H200, GQA 8, 8 kv heads): 8192 tokens 78.8 -> 76.5 us
+ * pipelined; at 1 token (no loop) the plain form is faster (0.96 against 1.01 us). */
+template <typename T, int VEC, int D>
+tpc_status_t launch_per_head_typed(const char* fn, const HeadArgs& a, const DevInfo& d, bool pdl,
+                                   cudaStream_t stream) {
+  constexpr int GPB = kHeadBlock / (D / 8);
+  int occ = 0;
+  TPC_CHECK((head_occupancy<T, VEC, D, false>(fn, d, &occ)));
+  const int64_t persistent = (int64_t)d.sms * occ;
+  const int64_t needed = ((int64_t)a.total + GPB - 1) / GPB;
+  if constexpr (kHeadPipelined<T, VEC, D>) {
+    if (needed > persistent) {
+      int occ_pipe = 0;
+      TPC_CHECK((head_occupancy<T, VEC, D, true>(fn, d, &occ_pipe)));
+      const int64_t grid_pipe = (int64_t)d.sms * occ_pipe;
+      return launch_per_head_grid<T, VEC, D, true>(fn, a, needed < grid_pipe ? needed : grid_pipe, pdl, stream);
+    }
+  }
+  return launch_per_head_grid<T, VEC, D, false>(fn, a, needed < persistent ? needed : persistent, pdl, stream);
 }
 
 template <typename T, int VEC>

@@ -17,7 +17,9 @@
  *     TPC_ERR_UNSUPPORTED (a valid request these kernels do not serve: fp32, head_dim not 64/128/256,
  *     hidden above 65536), TPC_ERR_CUDA (the launch failed); tpc_get_last_error(NULL) says which argument.
  *   - On sm_90+ the kernels use programmatic dependent launch (TPCOMM_PDL=0 turns it off): they may start
- *     while the previous kernel on the stream finishes, and wait for it before reading anything.
+ *     while the previous kernel on the stream finishes, prefetch their first rows into L2 (a cache hint,
+ *     no read of values) and wait for it before reading anything; they let the next kernel launch as soon
+ *     as they have waited (that kernel's own PDL wait still covers all of this one).
  *   - Buffers of one call must not share elements except where a call says so (out == in is allowed). */
 #ifndef TPCOMM_KERNELS_H
 #define TPCOMM_KERNELS_H
