@@ -406,7 +406,10 @@ tpc_status_t tpc_comm_destroy(tpc_comm_t comm) {
   cudaGetDevice(&prev);
   if (prev != comm->device) cudaSetDevice(comm->device);
   if (comm->order_event) {
-    cudaEventSynchronize((cudaEvent_t)comm->order_event); /* this rank's last operation */
+    /* wait for this rank's last eager operation; an event last recorded inside a stream capture cannot be
+     * waited on (CUDA returns invalid argument, seen under compute-sanitizer): captured work runs when the
+     * caller launches the graph, and the caller finishes those launches before destroying (docs/api.md) */
+    if (comm->have_last && comm->last_capture_id == 0) cudaEventSynchronize((cudaEvent_t)comm->order_event);
     cudaEventDestroy((cudaEvent_t)comm->order_event);
   }
   tpc_arena_destroy(comm->arena);
