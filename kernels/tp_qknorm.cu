@@ -3,12 +3,14 @@
  *
  * Fused kernel: a token belongs to a group of W warps; each lane holds J <= 8 of the row's 16-byte
  * vectors (q first, then k), so the whole row is in flight at once. Phase A, per token of the group: sum
- * the squares (fp32; warp shuffles, then the W warp sums in order through shared memory and a named
- * barrier per group) and push {sum_q, sum_k} (8 bytes) into slot [epoch&1][my rank][token] of every
- * rank's norm region (mine included). Phase B, per token: lanes 0..N-1 of the group's first warp poll
- * slot [p][token] until both words are not the empty pattern (all-ones; a sender rewrites an all-ones sum
- * to the canonical NaN), re-arm it, and sum the N values in rank order, so every rank computes identical
- * statistics; the group scales its vectors in place. J and W are chosen per call from the row length and
+ * the squares (fp32) and push {sum_q, sum_k} (8 bytes) into the token's entries of slot [epoch&1][my rank]
+ * of every rank's norm region (mine included): one entry per warp (warp shuffles only, nothing waits for
+ * the group) while tokens x W entries fit the region, else one per token (the W warp sums combined through
+ * shared memory and a named barrier per group). Phase B, per token: every warp polls the n x V entries
+ * itself (V = W or 1) until neither word is the empty pattern (all-ones; a sender rewrites an all-ones sum
+ * to the canonical NaN) and sums them in a fixed order (per lane in index order, then one shuffle tree),
+ * so every warp of every rank computes identical statistics; the group scales its vectors in place. The
+ * entries are re-armed after the block's last barrier. J and W are chosen per call from the row length and
  * the token count: few tokens spread a row over many lanes (latency), many tokens use more vectors per
  * lane so that all of them fit in one wave. The grid is at most what is resident at once (groups of a
  * rank wait for the peers' groups, so no block may wait for a free SM).
@@ -217,10 +219,18 @@ __device__ __forceinline__ float2 group_sum(float a, float b, const Group& gr, f
   return v;
 }
 
+__device__ __forceinline__ float2 warp_sum2(float2 v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    v.x += __shfl_xor_sync(0xffffffffu, v.x, o);
+    v.y += __shfl_xor_sync(0xffffffffu, v.y, o);
+  }
+  return v;
+}
+
 template <typename T, int J, int kMaxThreads>
 __global__ void __launch_bounds__(kMaxThreads) qk_fused_kernel(tpc_ar_args_t a, tpc_qk_problem_t p, int W) {
   __shared__ float2 s_part[2][16]; /* warp sums: at most 16 warps a block */
-  __shared__ float4 s_scale[2][8]; /* per group: {scale_q, scale_k, failed} */
   /* 512-thread blocks with J >= 5 (at most 128 registers a thread): weights re-read per token, first row
    * too, no prefetch */
   constexpr bool kLean = kMaxThreads > 256 && J >= 5;
@@ -228,11 +238,16 @@ __global__ void __launch_bounds__(kMaxThreads) qk_fused_kernel(tpc_ar_args_t a, 
   const int G = blockDim.x / gr.L;
   const int64_t groups = (int64_t)gridDim.x * G;
   const int64_t first = (int64_t)blockIdx.x * G + gr.g;
-  const int n = a.nranks, rank = a.rank;
+  const int n = a.nranks, rank = a.rank, lane = threadIdx.x & 31;
   const size_t M = a.norm_max_tokens;
+  /* Per-warp sums while tokens x W entries fit a rank's region (every warp pushes its own sum: nothing
+   * waits for the group before the push), else one sum per token (the group's, after a named barrier).
+   * V = values per rank and token. */
+  const bool per_warp = p.tokens * W <= (int64_t)M;
+  const int V = per_warp ? W : 1, nvals = n * V;
   /* addresses that depend only on the launch are formed before the wait for the previous kernel */
   char* mine_base = (char*)a.norm[rank];
-  char* push_dst = (char*)a.norm[gr.lane < n ? gr.lane : 0] + (size_t)rank * M * 8; /* lane p -> rank p */
+  char* push_dst = (char*)a.norm[lane < n ? lane : 0] + (size_t)rank * M * 8; /* lane p -> rank p */
   uint32_t* epoch_ptr = &a.local->norm_epoch[blockIdx.x];
   asm volatile("" : "+l"(mine_base), "+l"(push_dst), "+l"(epoch_ptr));
   pdl_wait();
@@ -255,14 +270,21 @@ __global__ void __launch_bounds__(kMaxThreads) qk_fused_kernel(tpc_ar_args_t a, 
       uint4 x[J];
       part = group_load_row<T, J>(p, t, gr, x);
     }
-    const float2 s = group_sum(part.x, part.y, gr, s_part, buf);
-    buf ^= 1;
-    if (gr.lane < n) st_volatile_v2(push_dst + slot + (size_t)t * 8, sanitize2(s));
+    if (per_warp) {
+      const float2 s = warp_sum2(part);
+      if (lane < n) st_volatile_v2(push_dst + slot + ((size_t)t * W + gr.warp_in_group) * 8, sanitize2(s));
+    } else {
+      const float2 s = group_sum(part.x, part.y, gr, s_part, buf);
+      buf ^= 1;
+      if (gr.lane < n) st_volatile_v2(push_dst + slot + (size_t)t * 8, sanitize2(s));
+    }
     part = next_part;
   }
 
-  /* phase B: the weights are loaded while the first token's sums travel; per token, warp 0 of the group
-   * polls the ranks' slots, sums them in rank order (identical on every rank) and shares the scales */
+  /* phase B: the weights are loaded while the first token's sums travel; per token, every warp polls the
+   * n x V values itself (no barrier), lane l taking values l, l + 32, ..., and sums them in a fixed order
+   * (per lane in index order, then one shuffle tree), so every warp of every rank gets identical
+   * statistics. The slots are re-armed after the block's last barrier, when no warp reads them any more. */
   const int nv = p.q_vecs + p.k_vecs;
   uint4 wv[kLean ? 1 : J];
   if constexpr (!kLean) {
@@ -274,8 +296,7 @@ __global__ void __launch_bounds__(kMaxThreads) qk_fused_kernel(tpc_ar_args_t a, 
   }
   Waiter wt(a);
   char* const mine = mine_base + slot;
-  bool failed = false;
-  for (int64_t t = first; t < p.tokens && !failed; t += groups) {
+  for (int64_t t = first; t < p.tokens; t += groups) {
     uint4 x[J]; /* the row: still in registers for the first token, else loaded while the sums are awaited */
     if (t == first && !kLean) {
 #pragma unroll
@@ -283,42 +304,24 @@ __global__ void __launch_bounds__(kMaxThreads) qk_fused_kernel(tpc_ar_args_t a, 
     } else {
       group_load_row<T, J>(p, t, gr, x);
     }
-    float4 sc = make_float4(0.f, 0.f, 0.f, 0.f);
-    if (gr.warp_in_group == 0) {
-      const int l = gr.lane;
-      uint2 v = make_uint2(0, 0);
-      bool fail = false;
-      if (l < n) {
-        char* src = mine + ((size_t)l * M + (size_t)t) * 8;
-        v = ld_volatile_v2(src);
-        while (v.x == kEmpty || v.y == kEmpty) {
-          if (wt.give_up(l, 3)) {
-            fail = true;
-            break;
-          }
-          v = ld_volatile_v2(src);
+    float2 total = make_float2(0.f, 0.f);
+    bool fail = false;
+    for (int k = lane; k < nvals && !fail; k += 32) {
+      const int src_rank = k / V;
+      const char* src = mine + ((size_t)src_rank * M + (size_t)t * V + (size_t)(k - src_rank * V)) * 8;
+      uint2 v = ld_volatile_v2(src);
+      while (v.x == kEmpty || v.y == kEmpty) {
+        if (wt.give_up(src_rank, 3)) {
+          fail = true;
+          break;
         }
-        st_volatile_v2(src, make_uint2(kEmpty, kEmpty)); /* re-arm */
+        v = ld_volatile_v2(src);
       }
-      float2 total = make_float2(0.f, 0.f);
-      for (int q = 0; q < n; q++) { /* rank order */
-        const float xq = __shfl_sync(0xffffffffu, __uint_as_float(v.x), q);
-        const float yq = __shfl_sync(0xffffffffu, __uint_as_float(v.y), q);
-        total = q == 0 ? make_float2(xq, yq) : make_float2(total.x + xq, total.y + yq);
-      }
-      const float2 s2 = scales_of(p, total);
-      sc = make_float4(s2.x, s2.y, __any_sync(0xffffffffu, fail) ? 1.f : 0.f, 0.f);
-      if (gr.W > 1 && l == 0) s_scale[buf][gr.g] = sc;
+      total.x += __uint_as_float(v.x);
+      total.y += __uint_as_float(v.y);
     }
-    if (gr.W > 1) {
-      gr.sync();
-      sc = s_scale[buf][gr.g];
-    }
-    buf ^= 1;
-    if (sc.z != 0.f) {
-      failed = true;
-      break;
-    }
+    if (__any_sync(0xffffffffu, fail)) break;
+    const float2 sc = scales_of(p, warp_sum2(total));
 #pragma unroll
     for (int j = 0; j < J; j++) {
       const int i = gr.lane + j * gr.L;
@@ -330,9 +333,16 @@ __global__ void __launch_bounds__(kMaxThreads) qk_fused_kernel(tpc_ar_args_t a, 
       }
     }
   }
-  /* every thread has read the epoch: advance it for this block's entry and the entries of the blocks a
-   * smaller grid does not have (b + k * grid), so all entries stay equal whatever the next grid is */
+  /* every warp is done with the slots and every thread has read the epoch: re-arm this group's slots, and
+   * advance the epoch for this block's entry and the entries of the blocks a smaller grid does not have
+   * (b + k * grid), so all entries stay equal whatever the next grid is */
   __syncthreads();
+  for (int64_t t = first; t < p.tokens; t += groups)
+    for (int k = gr.lane; k < nvals; k += gr.L) {
+      const int src_rank = k / V;
+      st_volatile_v2(mine + ((size_t)src_rank * M + (size_t)t * V + (size_t)(k - src_rank * V)) * 8,
+                     make_uint2(kEmpty, kEmpty));
+    }
   for (int i = blockIdx.x + threadIdx.x * gridDim.x; i < TPC_QK_MAX_BLOCKS; i += blockDim.x * gridDim.x)
     a.local->norm_epoch[i] = epoch + 1;
 }
