@@ -397,9 +397,9 @@ cudaError_t launch_unfused(int kind, const tpc_qk_problem_t* p, float* sums, int
 /* Blocks of the fused kernel one SM holds, per (dtype, J, threads / 32); computed once each. */
 std::atomic<int> g_fused_occupancy[2][9][17];
 
-/* Rows of up to 2048 vectors: groups of up to 8 warps in blocks of at most 256 threads (at most 255
- * registers a thread: row, next row and weights stay in registers up to J = 8). Longer rows: one group of
- * up to 16 warps per block. */
+/* Groups of up to 8 warps: blocks of at most 256 threads (up to 255 registers a thread: row, next row and
+ * weights stay in registers up to J = 8). Groups of 9 to 16 warps: one group per block of up to 512
+ * threads (J >= 5 then runs lean, see the kernel). */
 template <typename T, int J>
 cudaError_t launch_fused_j(const tpc_ar_args_t* a, const tpc_qk_problem_t* p, int W, int pdl, cudaStream_t stream) {
   const int L = 32 * W;
@@ -416,10 +416,15 @@ cudaError_t launch_fused_j(const tpc_ar_args_t* a, const tpc_qk_problem_t* p, in
     if (per_sm < 1) per_sm = 1;
     occ.store(per_sm, std::memory_order_relaxed);
   }
-  /* every block resident at once (a.blocks = the SMs this rank may fill): the groups of one rank wait for
-   * the peers' groups, so a block waiting for a free SM could wait forever */
+  /* every block resident at once: the groups of one rank wait for the peers' groups, so a block waiting for
+   * a free SM could wait forever. a.blocks = the SMs this rank may fill (SMs / ranks on the GPU), unless
+   * TPCOMM_NUM_BLOCKS set it: never count more than the GPU's SMs */
+  int dev = 0, sms = 0;
+  cudaError_t e = cudaGetDevice(&dev);
+  if (e == cudaSuccess) e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+  if (e != cudaSuccess) return e;
   int64_t blocks = (p->tokens + G - 1) / G;
-  const int64_t cap = (int64_t)per_sm * a->blocks;
+  const int64_t cap = (int64_t)per_sm * (a->blocks < sms ? a->blocks : sms);
   if (blocks > cap) blocks = cap;
   if (blocks > TPC_QK_MAX_BLOCKS) blocks = TPC_QK_MAX_BLOCKS;
   cudaLaunchAttribute attr[1];
