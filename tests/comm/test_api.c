@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "tpc_criterion.h"
+
 #include "comm.h"
 #include "ipc.h"
 #include "tpcomm/tpcomm.h"
@@ -18,14 +20,6 @@ static struct tpc_comm* fake_comm(void) {
   c->timeout_ms = 1234;
   return c;
 }
-
-#define ASSERT_ERR(call, status, needle)                                                          \
-  do {                                                                                            \
-    tpc_status_t s_ = (call);                                                                     \
-    cr_assert_eq(s_, (status), "%s returned %d (%s)", #call, (int)s_, tpc_get_last_error(NULL)); \
-    cr_assert(strstr(tpc_get_last_error(NULL), (needle)), "message '%s' lacks '%s'",              \
-              tpc_get_last_error(NULL), (needle));                                                \
-  } while (0)
 
 Test(api, init_rank_bad_arguments) {
   tpc_unique_id_t id;

@@ -27,28 +27,11 @@
 #include "gemm_ref.h"
 #include "quant_ref.h"
 #include "testutil.h"
+#include "tpc_criterion.h"
 #include "tpcomm/gemm.h"
 
 /* comm/gemm.c: internal, exported for this test. */
 tpc_status_t tpc_gemm_cublas_status(int cublas_status, const char* call);
-
-#define ASSERT_ERR(call, status, needle)                                                            \
-  do {                                                                                              \
-    tpc_status_t s_ = (call);                                                                       \
-    cr_assert_eq(s_, (status), "%s returned %d (%s)", #call, (int)s_, tpc_get_last_error(NULL));   \
-    cr_assert(strstr(tpc_get_last_error(NULL), (needle)), "%s: message '%s' lacks '%s'", #call,     \
-              tpc_get_last_error(NULL), (needle));                                                  \
-  } while (0)
-#define TPC_OK(call)                                                                                \
-  do {                                                                                              \
-    tpc_status_t s_ = (call);                                                                       \
-    cr_assert_eq(s_, TPC_SUCCESS, "%s returned %d: %s", #call, (int)s_, tpc_get_last_error(NULL)); \
-  } while (0)
-#define CUDA_OK(call)                                                                              \
-  do {                                                                                             \
-    cudaError_t e_ = (call);                                                                       \
-    cr_assert_eq(e_, cudaSuccess, "%s failed: %s", #call, cudaGetErrorString(e_));                 \
-  } while (0)
 
 /* Fake device pointers for validation tests: never dereferenced (validation fails first). */
 #define P16 ((void*)(uintptr_t)0x10000)   /* 16-byte (in fact 64 KiB) aligned */

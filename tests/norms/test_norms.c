@@ -27,17 +27,10 @@
 
 #include "norm_ref.h"
 #include "testutil.h"
+#include "tpc_criterion.h"
 #include "tpcomm/kernels.h"
 
 /* ---- argument validation (no GPU) ------------------------------------------------------------------ */
-
-#define ASSERT_ERR(call, status, needle)                                                                       \
-  do {                                                                                                         \
-    tpc_status_t s_ = (call);                                                                                  \
-    cr_assert_eq(s_, (status), "%s returned %d (%s)", #call, (int)s_, tpc_get_last_error(NULL));               \
-    cr_assert(strstr(tpc_get_last_error(NULL), (needle)), "message '%s' lacks '%s'", tpc_get_last_error(NULL), \
-              (needle));                                                                                       \
-  } while (0)
 
 #define INV TPC_ERR_INVALID_ARGUMENT
 #define UNS TPC_ERR_UNSUPPORTED
@@ -162,29 +155,18 @@ Test(norms_args, eps_zero_is_valid) {
 #define GUARD 64 /* poisoned elements before and after every buffer */
 #define EPS 1e-6f
 
-#define CK(call)                                                                                               \
-  do {                                                                                                         \
-    cudaError_t e_ = (call);                                                                                   \
-    cr_assert_eq(e_, cudaSuccess, "%s failed: %s (%s:%d)", #call, cudaGetErrorString(e_), __FILE__, __LINE__); \
-  } while (0)
-#define TPC_OK(call)                                                                               \
-  do {                                                                                             \
-    tpc_status_t s_ = (call);                                                                      \
-    cr_assert_eq(s_, TPC_SUCCESS, "%s returned %d: %s", #call, (int)s_, tpc_get_last_error(NULL)); \
-  } while (0)
-
 static cudaStream_t g_stream;
 
 static void need_gpu(void) {
   const char* why = "";
   if (tpc_test_gpu_count(&why) == 0) cr_skip_test("no CUDA GPU on this machine (%s): GPU test skipped", why);
-  CK(cudaSetDevice(0));
-  CK(cudaStreamCreateWithFlags(&g_stream, cudaStreamNonBlocking));
+  CUDA_OK(cudaSetDevice(0));
+  CUDA_OK(cudaStreamCreateWithFlags(&g_stream, cudaStreamNonBlocking));
 }
 
 static int sm_count(void) {
   int n = 0;
-  CK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, 0));
+  CUDA_OK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, 0));
   return n;
 }
 
@@ -214,15 +196,15 @@ static void tb_init(tbuf_t* b, size_t extent, size_t misalign) {
   b->tol_scale = 1.0;
   cr_assert(b->before && b->after && b->ref && b->kind, "out of host memory (%zu elements)", b->total);
   for (size_t i = 0; i < b->total; i++) b->before[i] = POISON;
-  CK(cudaMalloc((void**)&b->dev, b->total * 2));
+  CUDA_OK(cudaMalloc((void**)&b->dev, b->total * 2));
 }
 
 static uint16_t* tb_host(tbuf_t* b) { return b->before + b->off; }
 static void* tb_dev(tbuf_t* b) { return b->dev + b->off; }
-static void tb_upload(tbuf_t* b) { CK(cudaMemcpy(b->dev, b->before, b->total * 2, cudaMemcpyHostToDevice)); }
+static void tb_upload(tbuf_t* b) { CUDA_OK(cudaMemcpy(b->dev, b->before, b->total * 2, cudaMemcpyHostToDevice)); }
 static void tb_download(tbuf_t* b) {
-  CK(cudaStreamSynchronize(g_stream));
-  CK(cudaMemcpy(b->after, b->dev, b->total * 2, cudaMemcpyDeviceToHost));
+  CUDA_OK(cudaStreamSynchronize(g_stream));
+  CUDA_OK(cudaMemcpy(b->after, b->dev, b->total * 2, cudaMemcpyDeviceToHost));
 }
 
 /* Rows [rows][width] at column col0 of rows `stride` apart must match ref (dense) / the bits (dense). */
@@ -279,7 +261,7 @@ static size_t tb_check(const tbuf_t* b, const char* what, tpc_dtype_t dt) {
 }
 
 static void tb_free(tbuf_t* b) {
-  CK(cudaFree(b->dev));
+  CUDA_OK(cudaFree(b->dev));
   free(b->before);
   free(b->after);
   free(b->exact);
@@ -674,21 +656,21 @@ Test(norms_gpu, first_calls_inside_graph_capture) {
 
   cudaGraph_t graph = NULL;
   cudaGraphExec_t exec = NULL;
-  CK(cudaStreamBeginCapture(g_stream, cudaStreamCaptureModeGlobal));
+  CUDA_OK(cudaStreamBeginCapture(g_stream, cudaStreamCaptureModeGlobal));
   tpc_status_t s1 = tpc_qk_rmsnorm_per_head(tb_dev(&q), tb_dev(&k), tb_dev(&wq), tb_dev(&wk), T, QH, KH, D, QH * D,
                                             KH * D, EPS, dt, g_stream);
   tpc_status_t s2 = tpc_rmsnorm(tb_dev(&y), tb_dev(&x), tb_dev(&w), T, H, H, H, EPS, dt, g_stream);
-  CK(cudaStreamEndCapture(g_stream, &graph));
+  CUDA_OK(cudaStreamEndCapture(g_stream, &graph));
   cr_assert_eq(s1, TPC_SUCCESS, "per-head under capture: %s", tpc_get_last_error(NULL));
   cr_assert_eq(s2, TPC_SUCCESS, "rmsnorm under capture: %s", tpc_get_last_error(NULL));
-  CK(cudaGraphInstantiate(&exec, graph, 0));
-  CK(cudaGraphLaunch(exec, g_stream));
+  CUDA_OK(cudaGraphInstantiate(&exec, graph, 0));
+  CUDA_OK(cudaGraphLaunch(exec, g_stream));
   for (int i = 0; i < 7; i++) tb_download(all[i]);
   size_t wrong = 0;
   for (int i = 0; i < 7; i++) wrong += tb_check(all[i], "graph", dt);
   cr_expect_eq(wrong, 0, "%zu wrong elements after a graph replay", wrong);
-  CK(cudaGraphExecDestroy(exec));
-  CK(cudaGraphDestroy(graph));
+  CUDA_OK(cudaGraphExecDestroy(exec));
+  CUDA_OK(cudaGraphDestroy(graph));
   for (int i = 0; i < 7; i++) tb_free(all[i]);
   free(rq);
   free(rk);
