@@ -131,11 +131,7 @@ tpc_status_t tpc_tp_qk_rmsnorm_path(tpc_comm_t comm, void* q, void* k, const voi
 
   const int custom = comm->transport == TPC_TRANSPORT_CUSTOM && comm->arena != NULL;
   const int fits = num_tokens <= comm->qknorm_max_tokens;
-  if (path == TPC_QKNORM_AUTO) {
-    enum cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
-    if (cudaStreamIsCapturing(stream, &cs) != cudaSuccess) cudaGetLastError(); /* checked again below */
-    path = auto_path(comm, num_tokens, cs == cudaStreamCaptureStatusActive);
-  }
+  if (path == TPC_QKNORM_AUTO) path = auto_path(comm, num_tokens, 0); /* the same limit in a capture and eagerly */
   if (path == TPC_QKNORM_FUSED && !(custom && fits))
     return tpc_error(comm, TPC_ERR_UNSUPPORTED, "%s: the fused path needs the custom transport (%s) and num_tokens=%lld "
                      "<= TPCOMM_QKNORM_MAX_TOKENS=%lld", k_fn, comm->transport_reason, (long long)num_tokens,
