@@ -202,6 +202,7 @@ static bench_rc_t run_shape(bench_ctx_t* ctx, const qk_opts_t* o, int64_t qg, in
     bench_json_int(js, "world", ctx->nranks);
     bench_json_int(js, "tokens", tokens);
     bench_json_str(js, "mode", o->graph ? "graph" : "eager");
+    bench_json_str(js, "auto_path", auto_path);
     for (int p = 0; p < NPATHS; p++) {
       if (us[p] < 0) bench_json_null(js, k_path_col[p]);
       else bench_json_num(js, k_path_col[p], us[p]);

@@ -57,7 +57,9 @@ def qknorm(d):
         for r in load(d, f"tp_qknorm_{mode}.json"):
             if mode == "eager" and r["tokens"] not in (1, 128, 512, 1024, 2048, 4096):
                 continue
-            path = "fused" if r["tokens"] <= 2048 else "unfused"  # auto's rule (comm/tp_qknorm.c)
+            # the path auto took, as the benchmark recorded it; JSON written before that field existed
+            # (2026-11-22b) ran with the default rule: fused up to 2048 tokens on the custom transport
+            path = r.get("auto_path") or ("fused" if r["tokens"] <= 2048 else "unfused")
             print(f"| {mode} | {r['q_dim']}/{r['k_dim']} | {r['tokens']} | {f(r['fused'])} | {f(r['unf-nccl'])} | "
                   f"{f(r['unf-ours'])} | {f(r['auto'])} ({path}) | {r['unf-nccl'] / r['auto']:.2f}x |")
 
@@ -81,7 +83,7 @@ def norms(d):
             shape = f"{r['tokens']} tok, GQA {r['gqa']}, {r['kv_heads']} kv, hd {r.get('head_dim', 128)}"
             c = comp.get(("per_head", r["tokens"], r["kv_heads"])) if r.get("head_dim", 128) == 128 else None
         elif k == "across_heads":
-            shape = f"{r['tokens']} × ({r['q_hidden']} + {r['q_hidden']})"
+            shape = f"{r['tokens']} × ({r['q_hidden']} + {r['k_hidden']})"
             c = comp.get(("across_heads", r["tokens"], r["q_hidden"]))
         elif k in ("rmsnorm", "fused_add"):
             shape = f"{r['tokens']} × {r['hidden']}"
