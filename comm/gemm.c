@@ -45,6 +45,7 @@
 #include <cuda_runtime_api.h>
 
 #include "checks.h"
+#include "comm.h"
 #include "debug.h"
 #include "param.h"
 #include "tpcomm/gemm.h"
@@ -171,8 +172,6 @@ static tpc_status_t cuda_why(cudaError_t err, const char* call, char* why, size_
 }
 
 /* ---- argument checks (no CUDA calls) -------------------------------------------------------------------- */
-
-static size_t dtype_size(tpc_dtype_t dtype) { return dtype == TPC_FLOAT32 ? 4 : 2; }
 
 static tpc_status_t check_dtype16(const char* fn, const char* name, tpc_dtype_t dtype) {
   if ((int)dtype < 0 || (int)dtype >= TPC_NUM_DTYPES)
@@ -791,7 +790,7 @@ tpc_status_t tpc_gemm(tpc_gemm_handle_t handle, int64_t m, int64_t n, int64_t k,
   const char* fn = "tpc_gemm";
   TPC_CHECK(check_dtype16(fn, "dtype", dtype));
   TPC_CHECK(check_dims(fn, m, n, k));
-  const size_t es = dtype_size(dtype);
+  const size_t es = tpc_dtype_size(dtype);
   TPC_CHECK(check_matrix(fn, "x", x, m, k, "x_ld", x_ld, es, 1));
   TPC_CHECK(check_matrix(fn, "w", w, n, k, "w_ld", w_ld, es, m > 0));
   TPC_CHECK(check_matrix(fn, "y", y, m, n, "y_ld", y_ld, es, 1));
@@ -815,7 +814,7 @@ tpc_status_t tpc_gemm_strided_batched(tpc_gemm_handle_t handle, int64_t m, int64
     return tpc_error(NULL, TPC_ERR_INVALID_ARGUMENT,
                      "%s: x_batch_stride=%lld w_batch_stride=%lld y_batch_stride=%lld (must be >= 0)", fn,
                      (long long)x_batch_stride, (long long)w_batch_stride, (long long)y_batch_stride);
-  const size_t es = dtype_size(dtype);
+  const size_t es = tpc_dtype_size(dtype);
   const int64_t nb = batch > 0 ? batch : 1;
   /* one batch entry; the strides are checked below */
   TPC_CHECK(check_matrix(fn, "x", x, m, k, "x_ld", x_ld, es, batch > 0));
@@ -870,7 +869,7 @@ tpc_status_t tpc_merged_linear_create(tpc_gemm_handle_t handle, const void* cons
   if (!weights) return tpc_error(NULL, TPC_ERR_INVALID_ARGUMENT, "%s: weights is NULL", fn);
   if (!n_sizes) return tpc_error(NULL, TPC_ERR_INVALID_ARGUMENT, "%s: n_sizes is NULL", fn);
   if (k < 1 || k > INT32_MAX) return tpc_error(NULL, TPC_ERR_INVALID_ARGUMENT, "%s: k=%lld (must be 1..2^31-1)", fn, (long long)k);
-  const size_t es = dtype_size(dtype);
+  const size_t es = tpc_dtype_size(dtype);
   int64_t total = 0;
   for (int i = 0; i < num; i++) {
     if (!weights[i]) return tpc_error(NULL, TPC_ERR_INVALID_ARGUMENT, "%s: weights[%d] is NULL", fn, i);
@@ -984,7 +983,7 @@ tpc_status_t tpc_merged_linear_forward(tpc_merged_linear_t ml, const void* x, in
   if (m > 0 && !x) return tpc_error(NULL, TPC_ERR_INVALID_ARGUMENT, "%s: x is NULL", fn);
   if (m > 0 && !y) return tpc_error(NULL, TPC_ERR_INVALID_ARGUMENT, "%s: y is NULL", fn);
   TPC_CHECK(check_merged(fn, ml));
-  const size_t es = dtype_size(ml->dtype);
+  const size_t es = tpc_dtype_size(ml->dtype);
   TPC_CHECK(check_matrix(fn, "x", x, m, ml->k, "x_ld", x_ld, es, 1));
   TPC_CHECK(check_matrix(fn, "y", y, m, ml->n_total, "y_ld", y_ld, es, 1));
   TPC_CHECK(check_handle(fn, ml->handle));
@@ -1079,7 +1078,7 @@ static tpc_status_t fp8_epilogue_locked(tpc_gemm_handle_t h, const fp8_call_t* c
     snprintf(why, why_len, "n=%lld is too wide for the %zu-byte FP8 epilogue scratch", (long long)c->n, h->scratch_bytes);
     return TPC_ERR_UNSUPPORTED;
   }
-  const size_t y_es = dtype_size(c->out_dtype);
+  const size_t y_es = tpc_dtype_size(c->out_dtype);
   for (int64_t r0 = 0; r0 < c->m; r0 += chunk) {
     const int64_t mc = c->m - r0 < chunk ? c->m - r0 : chunk;
     gemm_op_t op;
@@ -1113,7 +1112,7 @@ tpc_status_t tpc_gemm_fp8(tpc_gemm_handle_t handle, int64_t m, int64_t n, int64_
                      (long long)x_ld, (long long)w_ld);
   TPC_CHECK(check_matrix(fn, "xq", xq, m, k, "x_ld", x_ld, 1, 1));
   TPC_CHECK(check_matrix(fn, "wq", wq, n, k, "w_ld", w_ld, 1, m > 0));
-  TPC_CHECK(check_matrix(fn, "y", y, m, n, "y_ld", y_ld, dtype_size(out_dtype), 1));
+  TPC_CHECK(check_matrix(fn, "y", y, m, n, "y_ld", y_ld, tpc_dtype_size(out_dtype), 1));
   if (m > 0 && !aligned16(xq))
     return tpc_error(NULL, TPC_ERR_INVALID_ARGUMENT, "%s: xq=%p: FP8 GEMMs need 16-byte aligned operands", fn, xq);
   if (!aligned16(wq))
