@@ -177,7 +177,7 @@ static tpc_status_t run(struct tpc_comm* c, const void* sendbuf, void* recvbuf, 
       break;
     case TPC_ALGO_ONESHOT:
     case TPC_ALGO_TWOSHOT: {
-      const int pdl = c->pdl && c->peers[c->rank].cc_major >= 9;
+      const int pdl = c->pdl;
       cudaError_t e = tpc_ar_launch(a == TPC_ALGO_ONESHOT ? 1 : 2, &c->arena->args, sendbuf, recvbuf, count, (int)dtype,
                                     pdl, stream);
       if (e != cudaSuccess)

@@ -221,8 +221,8 @@ static tpc_status_t comm_build(tpc_comm_t* out, int nranks, int rank, int device
     goto fail;
   }
   /* With several ranks on one GPU a dependent kernel launched early (PDL) can hold the SMs a peer's
-   * kernel needs to start, and that peer is what our kernel waits for: no PDL then. */
-  if (shared) c->pdl = 0;
+   * kernel needs to start, and that peer is what our kernel waits for: no PDL then. PDL needs sm_90. */
+  if (shared || mine.cc_major < 9) c->pdl = 0;
   TPC_CHECK_GOTO(choose_transport(c, bs), st, fail);
 
   if (nranks > 1 && c->use_nccl && !shared) {

@@ -28,7 +28,8 @@ struct tpc_comm {
   int timeout_ms;
   int64_t max_bytes;
   int forced_algo;  /* tpc_algo_t, AUTO = choose */
-  int p2p_disable, allow_shared_gpu, use_nccl, pdl;
+  int p2p_disable, allow_shared_gpu, use_nccl;
+  int pdl; /* launch with PDL: TPCOMM_PDL, and 0 when ranks share a GPU or the GPU is older than sm_90 */
   int64_t push_max_bytes, oneshot_max_bytes;
   int num_blocks;
   int64_t qknorm_max_tokens;  /* fused TP QK-norm: tokens per exchange */

@@ -151,7 +151,7 @@ tpc_status_t tpc_tp_qk_rmsnorm_path(tpc_comm_t comm, void* q, void* k, const voi
     const tpc_qk_problem_t p = {q, k, q_weight, k_weight, num_tokens, (int)(q_dim_local / 8), (int)(k_dim_local / 8),
                                 q_stride, k_stride, eps, (float)(q_dim_local * comm->nranks),
                                 (float)(k_dim_local * comm->nranks), dtype == TPC_BFLOAT16 ? 0 : 1};
-    const int pdl = comm->pdl && comm->peers[comm->rank].cc_major >= 9;
+    const int pdl = comm->pdl;
     if (path == TPC_QKNORM_FUSED) st = run_fused(comm, &p, stream, pdl);
     else st = run_unfused(comm, p, path == TPC_QKNORM_UNFUSED_NCCL ? TPC_ALGO_NCCL : TPC_ALGO_AUTO, stream, pdl);
   }
