@@ -139,31 +139,6 @@ static void set_default_opts(ar_opts_t* o) {
   o->impls = (1u << AR_NUM_IMPLS) - 1;
 }
 
-/* "auto,nccl" -> bits; 0 on success, non-zero (message printed) on an unknown or empty name. */
-static int parse_impl_list(const char* val, unsigned* impls) {
-  char buf[256];
-  if (!val || strlen(val) >= sizeof buf) return bench_usage_error(AR_CMD, "invalid value '%s' for --impl", val ? val : "");
-  strcpy(buf, val);
-  *impls = 0;
-  char* save = NULL;
-  int ntokens = 0;
-  for (char* tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save), ntokens++) {
-    int found = -1;
-    for (int i = 0; i < AR_NUM_IMPLS; i++)
-      if (strcmp(tok, k_impl_names[i]) == 0) found = i;
-    if (strcmp(tok, "all") == 0) *impls |= (1u << AR_NUM_IMPLS) - 1;
-    else if (found >= 0) *impls |= 1u << found;
-    else
-      return bench_usage_error(AR_CMD,
-                               "invalid value '%s' for --impl: unknown implementation '%s' (expected a comma list "
-                               "of auto,oneshot,twoshot,nccl,ncclsymm,nccldirect or all)",
-                               val, tok);
-  }
-  if (ntokens == 0 || *impls == 0)
-    return bench_usage_error(AR_CMD, "invalid value '%s' for --impl: no implementation named", val);
-  return 0;
-}
-
 /* -G takes an optional count: "-G", "-G5", "-G 5", "--graph", "--graph=5", "--graph 5". */
 static int parse_graph_arg(int argc, char** argv, ar_opts_t* o) {
   const char* val = optarg;
@@ -176,10 +151,10 @@ static int parse_graph_arg(int argc, char** argv, ar_opts_t* o) {
 }
 
 enum { OPT_INPLACE = 256, OPT_IMPL = 257 };
-enum { PARSE_OK = 0, PARSE_HELP = 1, PARSE_BAD = 2 };
 
-/* Applies one option; 0 on success, non-zero (message printed) on a bad value. */
-static int apply_option(int c, int argc, char** argv, ar_opts_t* o) {
+/* bench_apply_fn: one option; 0 on success, non-zero (message printed) on a bad value. */
+static int apply_option(int c, int argc, char** argv, void* opts) {
+  ar_opts_t* o = opts;
   switch (c) {
     case 'b': return bench_parse_bytes(AR_CMD, "-b/--minbytes", optarg, &o->minbytes);
     case 'e': return bench_parse_bytes(AR_CMD, "-e/--maxbytes", optarg, &o->maxbytes);
@@ -189,12 +164,10 @@ static int apply_option(int c, int argc, char** argv, ar_opts_t* o) {
     case 'c': return bench_parse_long(AR_CMD, "-c/--check", optarg, 0, 1, &o->check);
     case 'd': return bench_parse_dtype(AR_CMD, "-d/--datatype", optarg, &o->dtype);
     case 'G': return parse_graph_arg(argc, argv, o);
-    case 'J':
-      if (!optarg || !*optarg) return bench_usage_error(AR_CMD, "invalid value '' for -J/--json: expected a file name");
-      o->json_path = optarg;
-      return 0;
+    case 'J': return bench_parse_path(AR_CMD, "-J/--json", optarg, &o->json_path);
     case OPT_INPLACE: o->inplace = 1; return 0;
-    case OPT_IMPL: return parse_impl_list(optarg, &o->impls);
+    case OPT_IMPL:
+      return bench_parse_name_list(AR_CMD, "--impl", optarg, k_impl_names, AR_NUM_IMPLS, "implementation", &o->impls);
     default: return -1;
   }
 }
@@ -212,6 +185,7 @@ static int validate_opts(const ar_opts_t* o) {
   return 0;
 }
 
+/* BENCH_CONTINUE, or the exit code after -h or a bad command line. */
 static int parse_opts(int argc, char** argv, ar_opts_t* o) {
   static const struct option long_opts[] = {
       {"minbytes", required_argument, NULL, 'b'},  {"maxbytes", required_argument, NULL, 'e'},
@@ -221,29 +195,11 @@ static int parse_opts(int argc, char** argv, ar_opts_t* o) {
       {"inplace", no_argument, NULL, OPT_INPLACE}, {"impl", required_argument, NULL, OPT_IMPL},
       {"json", required_argument, NULL, 'J'},      {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0}};
-  int c;
   set_default_opts(o);
-  while ((c = getopt_long(argc, argv, ":b:e:f:n:w:c:d:G::J:h", long_opts, NULL)) != -1) {
-    if (c == 'h') {
-      bench_allreduce_usage(stdout);
-      return PARSE_HELP;
-    }
-    if (c == ':') {
-      bench_usage_error(AR_CMD, "option '%s' needs a value", argv[optind - 1]);
-      return PARSE_BAD;
-    }
-    if (c == '?') {
-      if (optopt) bench_usage_error(AR_CMD, "unknown option '-%c'", optopt);
-      else bench_usage_error(AR_CMD, "unknown option '%s'", argv[optind - 1]);
-      return PARSE_BAD;
-    }
-    if (apply_option(c, argc, argv, o) != 0) return PARSE_BAD;
-  }
-  if (optind < argc) {
-    bench_usage_error(AR_CMD, "unexpected argument '%s'", argv[optind]);
-    return PARSE_BAD;
-  }
-  return validate_opts(o) == 0 ? PARSE_OK : PARSE_BAD;
+  int rc = bench_parse_options(AR_CMD, argc, argv, ":b:e:f:n:w:c:d:G::J:h", long_opts, bench_allreduce_usage,
+                               apply_option, o);
+  if (rc != BENCH_CONTINUE) return rc;
+  return validate_opts(o) == 0 ? BENCH_CONTINUE : BENCH_EXIT_USAGE;
 }
 
 /* ---- the calls being measured ----------------------------------------------------------------------------- */
@@ -387,14 +343,13 @@ static bench_rc_t free_device(void** p) {
   return err == cudaSuccess ? BENCH_OK : bench_cuda_fail(err, "cudaFree", __FILE__, __LINE__);
 }
 
-static bench_rc_t first_failure(bench_rc_t a, bench_rc_t b) { return a != BENCH_OK ? a : b; }
-
-/* Normal teardown, after a run that succeeded on every rank. */
-static bench_rc_t free_buffers(ar_bench_t* b) {
+/* Normal teardown, after a run that succeeded on every rank (the cleanup of bench_finish). */
+static bench_rc_t free_buffers(void* arg) {
+  ar_bench_t* b = arg;
   bench_rc_t rc = deregister_symm_windows(b);
-  rc = first_failure(rc, free_symm_local(b));
-  rc = first_failure(rc, free_device(&b->d_send));
-  rc = first_failure(rc, free_device(&b->d_recv));
+  bench_keep_first(&rc, free_symm_local(b));
+  bench_keep_first(&rc, free_device(&b->d_send));
+  bench_keep_first(&rc, free_device(&b->d_recv));
   free(b->h_ref);
   free(b->h_data);
   b->h_ref = NULL;
@@ -695,7 +650,7 @@ static void choose_columns(ar_bench_t* b) {
   if (!AR_HAVE_NCCL_SYMM) leave_out(b, AR_NCCLSYMM, "built with NCCL older than 2.27: no symmetric windows");
 }
 
-/* Everything between opening the JSON file and teardown; buffers are freed by the caller. */
+/* Everything between opening the JSON file and teardown; buffers are freed by free_buffers. */
 static bench_rc_t run(ar_bench_t* b) {
   FILE* out = bench_out(b->ctx);
   choose_columns(b);
@@ -707,26 +662,14 @@ static bench_rc_t run(ar_bench_t* b) {
   bench_table_print_header(&b->table, out);
   BENCH_CHECK(run_sizes(b));
   print_footer(b, out);
-  return bench_json_close(&b->json);
-}
-
-/* Every rank agreed that rank 0 cannot write the --json file: a bad command line, clean teardown. */
-static int json_open_failed(bench_ctx_t* ctx) {
-  if (ctx->rank == 0) bench_usage_error(AR_CMD, "%s", bench_error_message());
-  if (bench_ctx_finish(ctx) != BENCH_OK) return bench_ctx_fail(ctx);
-  return BENCH_EXIT_USAGE;
+  return BENCH_OK;
 }
 
 int bench_allreduce(int argc, char** argv) {
   ar_opts_t opts;
-  int parsed = parse_opts(argc, argv, &opts);
-  if (parsed != PARSE_OK) return parsed == PARSE_HELP ? BENCH_EXIT_OK : BENCH_EXIT_USAGE;
-
+  int ec = parse_opts(argc, argv, &opts);
+  if (ec != BENCH_CONTINUE) return ec;
   bench_ctx_t ctx;
-  int st = bench_ctx_init(&ctx);
-  if (st == BENCH_NO_GPU) return BENCH_EXIT_OK;
-  if (st != BENCH_OK) return bench_ctx_fail(&ctx);
-
   ar_bench_t b;
   memset(&b, 0, sizeof b);
   b.o = &opts;
@@ -734,13 +677,8 @@ int bench_allreduce(int argc, char** argv) {
   b.esize = bench_dtype_size(opts.dtype);
   b.max_count = opts.maxbytes / b.esize;
   b.max_bytes = b.max_count * b.esize;
-
-  bench_rc_t rc = bench_json_open(&ctx, &b.json, opts.json_path);
-  if (rc != BENCH_OK && b.json.open_failed) return json_open_failed(&ctx);
-  if (rc == BENCH_OK) rc = run(&b);
-  if (rc != BENCH_OK) return bench_ctx_fail(&ctx); /* no collective teardown: peers may be gone */
-  rc = free_buffers(&b);
-  if (rc == BENCH_OK) rc = bench_ctx_finish(&ctx);
-  if (rc != BENCH_OK) return bench_ctx_fail(&ctx);
-  return b.wrong_total > 0 ? BENCH_EXIT_WRONG : BENCH_EXIT_OK;
+  ec = bench_start(AR_CMD, &ctx, &b.json, opts.json_path);
+  if (ec != BENCH_CONTINUE) return ec;
+  bench_rc_t rc = run(&b);
+  return bench_finish(&ctx, &b.json, rc, free_buffers, &b, b.wrong_total);
 }

@@ -93,6 +93,25 @@ int bench_usage_error(const char* cmd, const char* fmt, ...) {
   return BENCH_EXIT_USAGE;
 }
 
+int bench_parse_options(const char* cmd, int argc, char** argv, const char* optstring, const struct option* longs,
+                        void (*usage)(FILE*), bench_apply_fn apply, void* opts) {
+  int c;
+  while ((c = getopt_long(argc, argv, optstring, longs, NULL)) != -1) {
+    if (c == 'h') {
+      usage(stdout);
+      return BENCH_EXIT_OK;
+    }
+    if (c == ':') return bench_usage_error(cmd, "option '%s' needs a value", argv[optind - 1]);
+    if (c == '?') {
+      if (optopt) return bench_usage_error(cmd, "unknown option '-%c'", optopt);
+      return bench_usage_error(cmd, "unknown option '%s'", argv[optind - 1]);
+    }
+    if (apply(c, argc, argv, opts) != 0) return BENCH_EXIT_USAGE;
+  }
+  if (optind < argc) return bench_usage_error(cmd, "unexpected argument '%s'", argv[optind]);
+  return BENCH_CONTINUE;
+}
+
 int bench_is_number(const char* s) {
   if (!s || !*s) return 0;
   for (; *s; s++)
@@ -156,6 +175,35 @@ int bench_parse_dtype(const char* cmd, const char* opt, const char* val, tpc_dty
     }
   }
   return bad_value(cmd, opt, val, "expected bfloat16 (bf16), half (fp16) or float (fp32)");
+}
+
+int bench_parse_path(const char* cmd, const char* opt, const char* val, const char** out) {
+  if (!val || !*val) return bad_value(cmd, opt, val, "expected a file name");
+  *out = val;
+  return 0;
+}
+
+int bench_parse_name_list(const char* cmd, const char* opt, const char* val, const char* const* names, int n,
+                          const char* what, unsigned* out) {
+  char expected[256] = "", buf[256];
+  for (int i = 0; i < n; i++)
+    snprintf(expected + strlen(expected), sizeof expected - strlen(expected), "%s%s", i ? "," : "", names[i]);
+  if (!val || strlen(val) >= sizeof buf) return bad_value(cmd, opt, val, "too long");
+  strcpy(buf, val);
+  *out = 0;
+  char* save = NULL;
+  for (char* tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+    int found = -1;
+    for (int i = 0; i < n; i++)
+      if (strcmp(tok, names[i]) == 0) found = i;
+    if (strcmp(tok, "all") == 0) *out |= (1u << n) - 1;
+    else if (found >= 0) *out |= 1u << found;
+    else
+      return bench_usage_error(cmd, "invalid value '%s' for %s: unknown %s '%s' (expected a comma list of %s or all)",
+                               val, opt, what, tok, expected);
+  }
+  if (*out == 0) return bench_usage_error(cmd, "invalid value '%s' for %s: no %s named", val, opt, what);
+  return 0;
 }
 
 const char* bench_format_bytes(size_t bytes, char* buf, size_t len) {
@@ -339,8 +387,7 @@ int bench_ctx_init(bench_ctx_t* ctx) {
   return bench_barrier(ctx); /* the communicator works and every rank is set up */
 }
 
-/* Keeps the first failure: records `rc` only when nothing failed before. */
-static void keep_first(bench_rc_t* first, bench_rc_t rc) {
+void bench_keep_first(bench_rc_t* first, bench_rc_t rc) {
   if (*first == BENCH_OK && rc != BENCH_OK) *first = rc;
 }
 
@@ -350,17 +397,17 @@ static bench_rc_t cuda_cleanup(cudaError_t err, const char* call) {
 
 bench_rc_t bench_ctx_finish(bench_ctx_t* ctx) {
   bench_rc_t rc = BENCH_OK;
-  if (ctx->stream) keep_first(&rc, cuda_cleanup(cudaStreamSynchronize(ctx->stream), "cudaStreamSynchronize"));
-  if (ctx->d_scratch) keep_first(&rc, cuda_cleanup(cudaFree(ctx->d_scratch), "cudaFree(scratch)"));
-  if (ctx->ev_start) keep_first(&rc, cuda_cleanup(cudaEventDestroy(ctx->ev_start), "cudaEventDestroy"));
-  if (ctx->ev_stop) keep_first(&rc, cuda_cleanup(cudaEventDestroy(ctx->ev_stop), "cudaEventDestroy"));
-  if (ctx->stream) keep_first(&rc, cuda_cleanup(cudaStreamDestroy(ctx->stream), "cudaStreamDestroy"));
+  if (ctx->stream) bench_keep_first(&rc, cuda_cleanup(cudaStreamSynchronize(ctx->stream), "cudaStreamSynchronize"));
+  if (ctx->d_scratch) bench_keep_first(&rc, cuda_cleanup(cudaFree(ctx->d_scratch), "cudaFree(scratch)"));
+  if (ctx->ev_start) bench_keep_first(&rc, cuda_cleanup(cudaEventDestroy(ctx->ev_start), "cudaEventDestroy"));
+  if (ctx->ev_stop) bench_keep_first(&rc, cuda_cleanup(cudaEventDestroy(ctx->ev_stop), "cudaEventDestroy"));
+  if (ctx->stream) bench_keep_first(&rc, cuda_cleanup(cudaStreamDestroy(ctx->stream), "cudaStreamDestroy"));
   ctx->d_scratch = NULL;
   ctx->ev_start = ctx->ev_stop = NULL;
   ctx->stream = NULL;
   if (ctx->comm) {
     tpc_status_t st = tpc_comm_destroy(ctx->comm);
-    if (st != TPC_SUCCESS) keep_first(&rc, bench_tpc_fail(NULL, st, "tpc_comm_destroy", __FILE__, __LINE__));
+    if (st != TPC_SUCCESS) bench_keep_first(&rc, bench_tpc_fail(NULL, st, "tpc_comm_destroy", __FILE__, __LINE__));
     ctx->comm = NULL;
   }
 #if TPC_HAVE_MPI
@@ -387,6 +434,28 @@ int bench_ctx_fail(bench_ctx_t* ctx) {
   if (ctx->comm && ctx->nranks == 1) tpc_comm_destroy(ctx->comm);
   ctx->comm = NULL;
   return BENCH_EXIT_FAIL;
+}
+
+int bench_start(const char* cmd, bench_ctx_t* ctx, bench_json_t* json, const char* json_path) {
+  memset(json, 0, sizeof *json);
+  int st = bench_ctx_init(ctx);
+  if (st == BENCH_NO_GPU) return BENCH_EXIT_OK;
+  if (st != BENCH_OK) return bench_ctx_fail(ctx);
+  if (bench_json_open(ctx, json, json_path) == BENCH_OK) return BENCH_CONTINUE;
+  if (!json->open_failed) return bench_ctx_fail(ctx);
+  /* every rank agreed that rank 0 cannot write the file: a bad command line, clean teardown */
+  if (ctx->rank == 0) bench_usage_error(cmd, "%s", bench_error_message());
+  if (bench_ctx_finish(ctx) != BENCH_OK) return bench_ctx_fail(ctx);
+  return BENCH_EXIT_USAGE;
+}
+
+int bench_finish(bench_ctx_t* ctx, bench_json_t* json, bench_rc_t rc, bench_rc_t (*cleanup)(void* arg), void* arg,
+                 uint64_t wrong) {
+  if (rc == BENCH_OK) rc = bench_json_close(json);
+  if (rc == BENCH_OK && cleanup) rc = cleanup(arg);
+  if (rc == BENCH_OK) rc = bench_ctx_finish(ctx);
+  if (rc != BENCH_OK) return bench_ctx_fail(ctx);
+  return wrong > 0 ? BENCH_EXIT_WRONG : BENCH_EXIT_OK;
 }
 
 /* ---- cross-rank helpers ------------------------------------------------------------------------------------ */
@@ -517,6 +586,56 @@ bench_rc_t bench_time_graph(bench_ctx_t* ctx, bench_op_t op, int iters, int reps
   BENCH_CHECK_CUDA(err);
   *us = (double)ms * 1e3 / ((double)iters * reps);
   return BENCH_OK;
+}
+
+/* ---- single-GPU kernel benchmarks --------------------------------------------------------------------------- */
+
+/* Times `reps` copies src -> dst after 3 untimed ones; *ms for all reps. */
+static bench_rc_t time_copies(bench_ctx_t* ctx, void* dst, void* src, size_t bytes, int reps, float* ms) {
+  BENCH_CHECK_CUDA(cudaMemsetAsync(src, 1, bytes, ctx->stream));
+  for (int i = 0; i < 3; i++) BENCH_CHECK_CUDA(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, ctx->stream));
+  BENCH_CHECK_CUDA(cudaEventRecord(ctx->ev_start, ctx->stream));
+  for (int i = 0; i < reps; i++) BENCH_CHECK_CUDA(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, ctx->stream));
+  BENCH_CHECK_CUDA(cudaEventRecord(ctx->ev_stop, ctx->stream));
+  return elapsed_ms(ctx, ms);
+}
+
+bench_rc_t bench_copy_bandwidth(bench_ctx_t* ctx, double* gbs) {
+  const int reps = 20;
+  size_t free_b = 0, total_b = 0;
+  BENCH_CHECK_CUDA(cudaMemGetInfo(&free_b, &total_b));
+  size_t bytes = (size_t)1 << 30;
+  while (bytes > ((size_t)1 << 24) && 2 * bytes + ((size_t)1 << 30) > free_b) bytes /= 2;
+  void *src = NULL, *dst = NULL;
+  float ms = 0;
+  bench_rc_t rc = BENCH_OK;
+  BENCH_TRY_CUDA(rc, cudaMalloc(&src, bytes));
+  BENCH_TRY_CUDA(rc, cudaMalloc(&dst, bytes));
+  if (rc == BENCH_OK) rc = time_copies(ctx, dst, src, bytes, reps, &ms);
+  if (src) bench_keep_first(&rc, cuda_cleanup(cudaFree(src), "cudaFree(copy source)"));
+  if (dst) bench_keep_first(&rc, cuda_cleanup(cudaFree(dst), "cudaFree(copy destination)"));
+  BENCH_CHECK(rc);
+  if (ms <= 0) return bench_fail("copy bandwidth: the timed copies took %g ms", (double)ms);
+  *gbs = 2.0 * (double)bytes * reps / ((double)ms * 1e-3) / 1e9;
+  char sz[32];
+  bench_printf(bench_out(ctx), "# copy bandwidth: %.0f GB/s (cudaMemcpy device to device of %s, bytes read + written)\n",
+               *gbs, bench_format_bytes(bytes, sz, sizeof sz));
+  return BENCH_OK;
+}
+
+bench_rc_t bench_l2_bytes(const bench_ctx_t* ctx, size_t* bytes) {
+  int l2 = 0;
+  BENCH_CHECK_CUDA(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, ctx->device));
+  *bytes = (size_t)l2;
+  return BENCH_OK;
+}
+
+int bench_rotation_sets(size_t l2_bytes, size_t set_bytes, int max_sets, size_t budget_bytes) {
+  if (set_bytes == 0) return 1;
+  size_t n = (2 * l2_bytes + set_bytes - 1) / set_bytes;
+  if (n > (size_t)max_sets) n = (size_t)max_sets;
+  if (n > budget_bytes / set_bytes) n = budget_bytes / set_bytes;
+  return n < 1 ? 1 : (int)n;
 }
 
 /* ---- output: plain lines and the job header ----------------------------------------------------------------- */

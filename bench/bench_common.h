@@ -1,7 +1,7 @@
 /* bench_common.h — what every tpcomm-bench subcommand shares: status codes and error messages, option
- * parsing helpers (byte counts with K/M/G, bounded integers, dtypes), communicator setup (tpcomm-run,
- * mpirun or a single process), small cross-rank helpers built on tpc_all_reduce (barrier, sums,
- * all-gather), timing with CUDA events eagerly and inside CUDA graphs, host-side bf16/fp16 conversions and
+ * parsing (the getopt loop; byte counts with K/M/G, bounded integers, dtypes, name lists), communicator
+ * setup (tpcomm-run, mpirun or a single process), a subcommand's start and end (one set of exit codes),
+ * small cross-rank helpers built on tpc_all_reduce (barrier, sums, all-gather), timing with CUDA events eagerly and inside CUDA graphs, host-side bf16/fp16 conversions and
  * random data, the "#" job header, an nccl-tests style table, JSON records and progress lines on stderr.
  *
  * Relies on: the public tpcomm API (tpcomm.h, tpcomm_mpi.h when TPC_HAVE_MPI), the CUDA runtime and NCCL
@@ -58,6 +58,15 @@ bench_rc_t bench_nccl_fail(int nccl_result, const char* call, const char* file, 
     cudaError_t bench_cerr_ = (call);                                           \
     if (bench_cerr_ != cudaSuccess) return bench_cuda_fail(bench_cerr_, #call, __FILE__, __LINE__); \
   } while (0)
+/* For code that must reach its cleanup: runs `call` only while rc (a bench_rc_t variable) is BENCH_OK,
+ * and records its failure in rc the way BENCH_CHECK_CUDA would return it. */
+#define BENCH_TRY_CUDA(rc, call)                                                               \
+  do {                                                                                         \
+    if ((rc) == BENCH_OK) {                                                                    \
+      cudaError_t bench_cerr_ = (call);                                                        \
+      if (bench_cerr_ != cudaSuccess) (rc) = bench_cuda_fail(bench_cerr_, #call, __FILE__, __LINE__); \
+    }                                                                                          \
+  } while (0)
 /* Any tpcomm error, TPC_ERR_UNSUPPORTED included, is a failure. */
 #define BENCH_CHECK_TPC(ctx, call)                                                                  \
   do {                                                                                              \
@@ -85,8 +94,26 @@ int bench_usage_error(const char* cmd, const char* fmt, ...) __attribute__((form
 int bench_parse_bytes(const char* cmd, const char* opt, const char* val, size_t* out); /* 8, 64K, 1M, 2G */
 int bench_parse_long(const char* cmd, const char* opt, const char* val, long min, long max, long* out);
 int bench_parse_dtype(const char* cmd, const char* opt, const char* val, tpc_dtype_t* out);
+/* A file name (--json): non-empty, else the message and -1. */
+int bench_parse_path(const char* cmd, const char* opt, const char* val, const char** out);
+/* A comma list of names[0..n-1] (or "all") into bits: bit i for names[i]. `what` names one item in the
+ * messages ("kernel", "section", ...). */
+int bench_parse_name_list(const char* cmd, const char* opt, const char* val, const char* const* names, int n,
+                          const char* what, unsigned* out);
 /* 1 if s is a non-empty string of decimal digits (for options with an optional numeric argument). */
 int bench_is_number(const char* s);
+/* Applies one option (getopt's c and optarg) to a subcommand's options; 0, or non-zero after printing the
+ * message (bench_usage_error / the parsers above). */
+typedef int (*bench_apply_fn)(int c, int argc, char** argv, void* opts);
+/* What bench_parse_options and bench_start return when the subcommand goes on; anything else is the exit
+ * code to return at once. */
+#define BENCH_CONTINUE (-1)
+struct option;
+/* The getopt_long loop of every subcommand. optstring starts with ':' and has 'h' (help). -h prints
+ * usage to stdout (BENCH_EXIT_OK); a missing value, an unknown option (named) or a stray argument is a
+ * usage error (BENCH_EXIT_USAGE), like a value `apply` rejects; else BENCH_CONTINUE. */
+int bench_parse_options(const char* cmd, int argc, char** argv, const char* optstring, const struct option* longs,
+                        void (*usage)(FILE*), bench_apply_fn apply, void* opts);
 /* "64M", "1K", "8" ... for byte counts in messages. */
 const char* bench_format_bytes(size_t bytes, char* buf, size_t len);
 
@@ -153,6 +180,9 @@ bench_rc_t bench_ctx_finish(bench_ctx_t* ctx);
  * job when there are other ranks, so none is left waiting) and returns BENCH_EXIT_FAIL. */
 int bench_ctx_fail(bench_ctx_t* ctx);
 
+/* Keeps the first failure: *first = rc when *first is BENCH_OK (for teardown that goes on after one). */
+void bench_keep_first(bench_rc_t* first, bench_rc_t rc);
+
 /* ---- cross-rank helpers (collective) ------------------------------------------------------------------ */
 
 /* A tiny tpc_all_reduce, then waits for the stream: every rank has arrived. */
@@ -187,6 +217,18 @@ bench_rc_t bench_time_eager(bench_ctx_t* ctx, bench_op_t op, int warmup, int ite
 /* Graph: `iters` calls captured in one graph, one warm-up replay, then events around `reps` replays;
  * *us = total / (iters * reps), this rank. */
 bench_rc_t bench_time_graph(bench_ctx_t* ctx, bench_op_t op, int iters, int reps, double* us);
+
+/* ---- single-GPU kernel benchmarks: memory floor and cold L2 --------------------------------------------- */
+
+/* The device-to-device copy bandwidth (bytes read + written per second / 1e9) of ctx's GPU: cudaMemcpy of
+ * up to 1 GiB (less when device memory is short), 3 warm-up and 20 timed copies on ctx->stream. Prints
+ * the "# copy bandwidth" line (rank 0). The floor of the kernel benchmarks is bytes / this. */
+bench_rc_t bench_copy_bandwidth(bench_ctx_t* ctx, double* gbs);
+/* The L2 cache size of ctx's GPU in bytes. */
+bench_rc_t bench_l2_bytes(const bench_ctx_t* ctx, size_t* bytes);
+/* How many copies of a buffer set of set_bytes to rotate over so that together they exceed twice the L2
+ * cache (calls then read DRAM): at least 1, at most max_sets, and at most budget_bytes in all. */
+int bench_rotation_sets(size_t l2_bytes, size_t set_bytes, int max_sets, size_t budget_bytes);
 
 /* ---- output ------------------------------------------------------------------------------------------- */
 
@@ -245,5 +287,19 @@ void bench_json_null(bench_json_t* j, const char* key);
 void bench_json_end(bench_json_t* j);
 /* Closes the array and the file; BENCH_FAIL when a write failed. */
 bench_rc_t bench_json_close(bench_json_t* j);
+
+/* ---- a subcommand's start and end ------------------------------------------------------------------- */
+
+/* The start of a subcommand, once its options are parsed: bench_ctx_init, then bench_json_open(json,
+ * json_path). BENCH_CONTINUE when both are ready; else the exit code: BENCH_EXIT_OK without a GPU,
+ * BENCH_EXIT_USAGE when rank 0 cannot write the --json file (said once, by rank 0, after a clean
+ * teardown), BENCH_EXIT_FAIL after bench_ctx_fail. */
+int bench_start(const char* cmd, bench_ctx_t* ctx, bench_json_t* json, const char* json_path);
+/* The end of a subcommand whose run returned rc. After a failure: bench_ctx_fail, no collective teardown
+ * (peers may be gone). Else closes the JSON file, runs cleanup(arg) (may be NULL: what the subcommand
+ * allocated), bench_ctx_finish; BENCH_EXIT_WRONG when wrong > 0, else BENCH_EXIT_OK (BENCH_EXIT_FAIL
+ * after bench_ctx_fail if any step fails). */
+int bench_finish(bench_ctx_t* ctx, bench_json_t* json, bench_rc_t rc, bench_rc_t (*cleanup)(void* arg), void* arg,
+                 uint64_t wrong);
 
 #endif

@@ -127,29 +127,27 @@ void bench_kernels_gemm_usage(FILE* f) {
           BENCH_PROGRAM);
 }
 
-static int parse_sections(const char* val, unsigned* out) {
-  char buf[128];
-  if (!val || strlen(val) >= sizeof buf) return bench_usage_error(KG_CMD, "invalid value '%s' for --only", val ? val : "");
-  strcpy(buf, val);
-  *out = 0;
-  char* save = NULL;
-  for (char* tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-    int found = -1;
-    for (int i = 0; i < NUM_SECS; i++)
-      if (strcmp(tok, k_sec_names[i]) == 0) found = i;
-    if (strcmp(tok, "all") == 0) *out |= (1u << NUM_SECS) - 1;
-    else if (found >= 0) *out |= 1u << found;
-    else
-      return bench_usage_error(KG_CMD, "invalid value '%s' for --only: unknown section '%s' (quant,gemm,batched,square,fp8)",
-                               val, tok);
+enum { OPT_L2 = 256, OPT_ONLY = 257 };
+/* bench_apply_fn: one option; 0 on success, non-zero (message printed) on a bad value. */
+static int apply_option(int c, int argc, char** argv, void* opts) {
+  kg_opts_t* o = opts;
+  switch (c) {
+    case 'n': return bench_parse_long(KG_CMD, "-n/--iters", optarg, 1, 100000, &o->iters);
+    case 'w': return bench_parse_long(KG_CMD, "-w/--warmup_iters", optarg, 0, 100000, &o->warmup);
+    case 'r': return bench_parse_long(KG_CMD, "-r/--graph_reps", optarg, 1, 100000, &o->graph_reps);
+    case 'c': return bench_parse_long(KG_CMD, "-c/--check", optarg, 0, 1, &o->check);
+    case 'J': return bench_parse_path(KG_CMD, "-J/--json", optarg, &o->json_path);
+    case OPT_L2:
+      if (strcmp(optarg, "cold") == 0) o->cold = 1;
+      else if (strcmp(optarg, "warm") == 0) o->cold = 0;
+      else return bench_usage_error(KG_CMD, "invalid value '%s' for --l2: expected cold or warm", optarg);
+      return 0;
+    case OPT_ONLY: return bench_parse_name_list(KG_CMD, "--only", optarg, k_sec_names, NUM_SECS, "section", &o->sections);
+    default: return -1;
   }
-  if (*out == 0) return bench_usage_error(KG_CMD, "invalid value '%s' for --only: no section named", val);
-  return 0;
 }
 
-enum { OPT_L2 = 256, OPT_ONLY = 257 };
-enum { PARSE_OK = 0, PARSE_HELP = 1, PARSE_BAD = 2 };
-
+/* BENCH_CONTINUE, or the exit code after -h or a bad command line. */
 static int parse_opts(int argc, char** argv, kg_opts_t* o) {
   static const struct option long_opts[] = {
       {"iters", required_argument, NULL, 'n'},      {"warmup_iters", required_argument, NULL, 'w'},
@@ -164,37 +162,7 @@ static int parse_opts(int argc, char** argv, kg_opts_t* o) {
   o->check = 1;
   o->cold = 1;
   o->sections = (1u << NUM_SECS) - 1;
-  int c, bad = 0;
-  while (!bad && (c = getopt_long(argc, argv, ":n:w:r:c:J:h", long_opts, NULL)) != -1) {
-    switch (c) {
-      case 'h': bench_kernels_gemm_usage(stdout); return PARSE_HELP;
-      case 'n': bad = bench_parse_long(KG_CMD, "-n/--iters", optarg, 1, 100000, &o->iters) != 0; break;
-      case 'w': bad = bench_parse_long(KG_CMD, "-w/--warmup_iters", optarg, 0, 100000, &o->warmup) != 0; break;
-      case 'r': bad = bench_parse_long(KG_CMD, "-r/--graph_reps", optarg, 1, 100000, &o->graph_reps) != 0; break;
-      case 'c': bad = bench_parse_long(KG_CMD, "-c/--check", optarg, 0, 1, &o->check) != 0; break;
-      case 'J':
-        if (!optarg || !*optarg) bad = bench_usage_error(KG_CMD, "invalid value '' for -J/--json: expected a file name") != 0;
-        o->json_path = optarg;
-        break;
-      case OPT_L2:
-        if (strcmp(optarg, "cold") == 0) o->cold = 1;
-        else if (strcmp(optarg, "warm") == 0) o->cold = 0;
-        else bad = bench_usage_error(KG_CMD, "invalid value '%s' for --l2: expected cold or warm", optarg) != 0;
-        break;
-      case OPT_ONLY: bad = parse_sections(optarg, &o->sections) != 0; break;
-      case ':': bad = bench_usage_error(KG_CMD, "option '%s' needs a value", argv[optind - 1]) != 0; break;
-      default:
-        if (optopt) bench_usage_error(KG_CMD, "unknown option '-%c'", optopt);
-        else bench_usage_error(KG_CMD, "unknown option '%s'", argv[optind - 1]);
-        bad = 1;
-    }
-  }
-  if (bad) return PARSE_BAD;
-  if (optind < argc) {
-    bench_usage_error(KG_CMD, "unexpected argument '%s'", argv[optind]);
-    return PARSE_BAD;
-  }
-  return PARSE_OK;
+  return bench_parse_options(KG_CMD, argc, argv, ":n:w:r:c:J:h", long_opts, bench_kernels_gemm_usage, apply_option, o);
 }
 
 /* ---- small helpers ------------------------------------------------------------------------------------------- */
@@ -212,8 +180,11 @@ static bench_rc_t dalloc(void** p, size_t bytes) {
   return BENCH_OK;
 }
 
-static void dfree(void* p) {
-  if (p) cudaFree(p);
+/* Frees p (NULL: nothing) and records a failure in *rc (the first one is kept). */
+static void dfree(bench_rc_t* rc, void* p) {
+  if (!p) return;
+  cudaError_t e = cudaFree(p);
+  if (e != cudaSuccess) bench_keep_first(rc, bench_cuda_fail(e, "cudaFree", __FILE__, __LINE__));
 }
 
 /* Host bf16 random values (magnitude 2^((r % 13) - 6) by row r when rowscale), never 0; f (may be NULL)
@@ -235,12 +206,7 @@ static void fill_bf16(uint16_t* h, float* f, int64_t rows, int64_t cols, int row
 
 /* How many copies of a buffer set of `bytes` the cold-L2 rotation uses. */
 static int rotation(const kg_t* b, size_t bytes) {
-  if (!b->o->cold || bytes == 0) return 1;
-  size_t r = (2 * b->l2_bytes + bytes - 1) / bytes;
-  if (r < 1) r = 1;
-  if (r > KG_MAX_ROT) r = KG_MAX_ROT;
-  while (r > 1 && r * bytes > ((size_t)4 << 30)) r--;
-  return (int)r;
+  return b->o->cold ? bench_rotation_sets(b->l2_bytes, bytes, KG_MAX_ROT, (size_t)4 << 30) : 1;
 }
 
 /* Up to max row indices spread over [0, rows), the first and last included. */
@@ -281,18 +247,28 @@ static bench_rc_t lt_init(lt_ctx_t* lt) {
   return dalloc(&lt->ws, lt->ws_bytes);
 }
 
-static void lt_fini(lt_ctx_t* lt) {
-  dfree(lt->ws);
-  if (lt->lt) cublasLtDestroy(lt->lt);
-  memset(lt, 0, sizeof *lt);
+/* Records a failed cuBLASLt status of teardown in *rc (the first failure is kept). */
+static void lt_keep(bench_rc_t* rc, cublasStatus_t st, const char* call) {
+  if (st != CUBLAS_STATUS_SUCCESS)
+    bench_keep_first(rc, bench_fail("%s failed: %s (%s:%d)", call, cublasLtGetStatusString(st), __FILE__, __LINE__));
 }
 
-static void lt_plan_free(lt_plan_t* p) {
-  if (p->a) cublasLtMatrixLayoutDestroy(p->a);
-  if (p->b) cublasLtMatrixLayoutDestroy(p->b);
-  if (p->d) cublasLtMatrixLayoutDestroy(p->d);
-  if (p->desc) cublasLtMatmulDescDestroy(p->desc);
+static bench_rc_t lt_fini(lt_ctx_t* lt) {
+  bench_rc_t rc = BENCH_OK;
+  dfree(&rc, lt->ws);
+  if (lt->lt) lt_keep(&rc, cublasLtDestroy(lt->lt), "cublasLtDestroy");
+  memset(lt, 0, sizeof *lt);
+  return rc;
+}
+
+static bench_rc_t lt_plan_free(lt_plan_t* p) {
+  bench_rc_t rc = BENCH_OK;
+  if (p->a) lt_keep(&rc, cublasLtMatrixLayoutDestroy(p->a), "cublasLtMatrixLayoutDestroy");
+  if (p->b) lt_keep(&rc, cublasLtMatrixLayoutDestroy(p->b), "cublasLtMatrixLayoutDestroy");
+  if (p->d) lt_keep(&rc, cublasLtMatrixLayoutDestroy(p->d), "cublasLtMatrixLayoutDestroy");
+  if (p->desc) lt_keep(&rc, cublasLtMatmulDescDestroy(p->desc), "cublasLtMatmulDescDestroy");
   memset(p, 0, sizeof *p);
+  return rc;
 }
 
 /* y[m,n] = x[m,k] . W[n,k]^T as one TN matmul, the top heuristic within the workspace (BENCH_NA: none). */
@@ -314,7 +290,8 @@ static bench_rc_t lt_plan_init(lt_ctx_t* lt, lt_plan_t* p, int64_t m, int64_t n,
   int found = 0;
   if (st == CUBLAS_STATUS_SUCCESS)
     st = cublasLtMatmulAlgoGetHeuristic(lt->lt, p->desc, p->a, p->b, p->d, p->d, pref, 1, &res, &found);
-  cublasLtMatmulPreferenceDestroy(pref);
+  const cublasStatus_t dst = cublasLtMatmulPreferenceDestroy(pref);
+  if (st == CUBLAS_STATUS_SUCCESS) st = dst;
   if (st == CUBLAS_STATUS_NOT_SUPPORTED || (st == CUBLAS_STATUS_SUCCESS && found == 0)) return BENCH_NA;
   BENCH_CHECK_LT(st);
   p->algo = res.algo;
@@ -331,28 +308,7 @@ static bench_rc_t lt_run(lt_ctx_t* lt, lt_plan_t* p, const void* w, const void* 
 /* ---- copy bandwidth ------------------------------------------------------------------------------------------- */
 
 static bench_rc_t measure_copy(kg_t* b) {
-  const size_t bytes = (size_t)1 << 30;
-  void *src = NULL, *dst = NULL;
-  bench_ctx_t* ctx = b->ctx;
-  BENCH_CHECK(dalloc(&src, bytes));
-  bench_rc_t rc = dalloc(&dst, bytes);
-  float ms = 0;
-  const int reps = 10;
-  for (int i = 0; rc == BENCH_OK && i < 3; i++)
-    if (cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, ctx->stream) != cudaSuccess) rc = bench_fail("cudaMemcpyAsync failed");
-  if (rc == BENCH_OK && cudaEventRecord(ctx->ev_start, ctx->stream) != cudaSuccess) rc = bench_fail("cudaEventRecord failed");
-  for (int i = 0; rc == BENCH_OK && i < reps; i++)
-    if (cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, ctx->stream) != cudaSuccess) rc = bench_fail("cudaMemcpyAsync failed");
-  if (rc == BENCH_OK && cudaEventRecord(ctx->ev_stop, ctx->stream) != cudaSuccess) rc = bench_fail("cudaEventRecord failed");
-  if (rc == BENCH_OK && cudaEventSynchronize(ctx->ev_stop) != cudaSuccess) rc = bench_fail("cudaEventSynchronize failed");
-  if (rc == BENCH_OK && cudaEventElapsedTime(&ms, ctx->ev_start, ctx->ev_stop) != cudaSuccess) rc = bench_fail("cudaEventElapsedTime failed");
-  dfree(src);
-  dfree(dst);
-  BENCH_CHECK(rc);
-  b->copy_gbs = 2.0 * (double)bytes * reps / (ms * 1e-3) / 1e9;
-  FILE* out = bench_out(ctx);
-  bench_printf(out, "# copy bandwidth: %.0f GB/s (cudaMemcpy device to device of 1 GiB, bytes read + written)\n",
-               b->copy_gbs);
+  BENCH_CHECK(bench_copy_bandwidth(b->ctx, &b->copy_gbs));
   bench_json_begin(&b->json);
   bench_json_str(&b->json, "section", "copy");
   bench_json_num(&b->json, "copy_gbs", b->copy_gbs);
@@ -402,17 +358,15 @@ static bench_rc_t check_quant(kg_t* b, quant_call_t* c, const uint16_t* hx, uint
   }
   bench_rc_t rc = BENCH_OK;
   c->next = 0;
-  BENCH_CHECK_CUDA(cudaMemsetAsync(c->q[0], 0xA5, (size_t)(c->rows * hid), b->ctx->stream));
-  rc = enqueue_quant(c, b->ctx->stream);
-  if (rc == BENCH_OK && cudaStreamSynchronize(b->ctx->stream) != cudaSuccess) rc = bench_fail("quantization failed on the device");
+  BENCH_TRY_CUDA(rc, cudaMemsetAsync(c->q[0], 0xA5, (size_t)(c->rows * hid), b->ctx->stream));
+  if (rc == BENCH_OK) rc = enqueue_quant(c, b->ctx->stream);
+  BENCH_TRY_CUDA(rc, cudaStreamSynchronize(b->ctx->stream));
   for (int i = 0; rc == BENCH_OK && i < n; i++) {
     const int64_t r = rows_idx[i];
     float s_got = 0, s_ref = 0;
-    if (cudaMemcpy(got, (const uint8_t*)c->q[0] + r * hid, (size_t)hid, cudaMemcpyDeviceToHost) != cudaSuccess ||
-        cudaMemcpy(&s_got, c->s[0] + r, 4, cudaMemcpyDeviceToHost) != cudaSuccess) {
-      rc = bench_fail("cudaMemcpy of the quantized rows failed");
-      break;
-    }
+    BENCH_TRY_CUDA(rc, cudaMemcpy(got, (const uint8_t*)c->q[0] + r * hid, (size_t)hid, cudaMemcpyDeviceToHost));
+    BENCH_TRY_CUDA(rc, cudaMemcpy(&s_got, c->s[0] + r, 4, cudaMemcpyDeviceToHost));
+    if (rc != BENCH_OK) break;
     tpc_ref_quant_fp8_per_token(hx + r * hid, 0, 1, hid, hid, ref, hid, &s_ref);
     for (int64_t j = 0; j < hid; j++) *wrong += !tpc_ref_e4m3_same(got[j], ref[j]);
     *wrong += memcmp(&s_got, &s_ref, 4) != 0;
@@ -460,13 +414,12 @@ static bench_rc_t run_quant(kg_t* b) {
     fill_bf16(hx, NULL, rows, hid, 1, bench_seed((uint64_t)rows, (uint64_t)hid, 1));
     bench_rc_t rc = dalloc((void**)&c.d_scale, 4);
     const float static_scale = 1.0f / 64.0f;
-    if (rc == BENCH_OK && cudaMemcpy(c.d_scale, &static_scale, 4, cudaMemcpyHostToDevice) != cudaSuccess) rc = bench_fail("cudaMemcpy failed");
+    BENCH_TRY_CUDA(rc, cudaMemcpy(c.d_scale, &static_scale, 4, cudaMemcpyHostToDevice));
     for (int r = 0; rc == BENCH_OK && r < c.R; r++) {
       rc = dalloc(&c.x[r], (size_t)(rows * hid) * 2);
       if (rc == BENCH_OK) rc = dalloc(&c.q[r], (size_t)(rows * hid));
       if (rc == BENCH_OK) rc = dalloc((void**)&c.s[r], (size_t)rows * 4);
-      if (rc == BENCH_OK && cudaMemcpy(c.x[r], hx, (size_t)(rows * hid) * 2, cudaMemcpyHostToDevice) != cudaSuccess)
-        rc = bench_fail("cudaMemcpy of the quantization input failed");
+      BENCH_TRY_CUDA(rc, cudaMemcpy(c.x[r], hx, (size_t)(rows * hid) * 2, cudaMemcpyHostToDevice));
     }
     uint64_t wrong = 0;
     if (rc == BENCH_OK && b->o->check) rc = check_quant(b, &c, hx, &wrong);
@@ -480,11 +433,11 @@ static bench_rc_t run_quant(kg_t* b) {
     c.static_mode = 1;
     if (rc == BENCH_OK) rc = time_op(b, op, &ts);
     for (int r = 0; r < c.R; r++) {
-      dfree(c.x[r]);
-      dfree(c.q[r]);
-      dfree(c.s[r]);
+      dfree(&rc, c.x[r]);
+      dfree(&rc, c.q[r]);
+      dfree(&rc, c.s[r]);
     }
-    dfree(c.d_scale);
+    dfree(&rc, c.d_scale);
     BENCH_CHECK(rc);
     const double fl = floor_us(b, bytes);
     bench_table_cell(&t, "%lld", (long long)rows);
@@ -619,8 +572,7 @@ static bench_rc_t gemm_bufs_init(kg_t* b, gemm_bufs_t* g) {
       /* copy r draws its own values (copy 0's are the checked ones) */
       fill_bf16(hw, r == 0 ? g->hw[p] : NULL, k_proj_n[p], KG_K, 0, bench_seed(7, (uint64_t)r, (uint64_t)p));
       rc = dalloc(&g->w[r][p], (size_t)k_proj_n[p] * KG_K * 2);
-      if (rc == BENCH_OK && cudaMemcpy(g->w[r][p], hw, (size_t)k_proj_n[p] * KG_K * 2, cudaMemcpyHostToDevice) != cudaSuccess)
-        rc = bench_fail("cudaMemcpy of a weight failed");
+      BENCH_TRY_CUDA(rc, cudaMemcpy(g->w[r][p], hw, (size_t)k_proj_n[p] * KG_K * 2, cudaMemcpyHostToDevice));
     }
     if (rc != BENCH_OK) break;
     rc = bench_tpc_rc(b->ctx,
@@ -649,23 +601,28 @@ static bench_rc_t gemm_bufs_init(kg_t* b, gemm_bufs_t* g) {
   }
   fill_bf16(hx, g->hxf, mmax, KG_K, 0, bench_seed(8, 0, 0));
   rc = dalloc(&g->x, (size_t)(mmax * KG_K) * 2);
-  if (rc == BENCH_OK && cudaMemcpy(g->x, hx, (size_t)(mmax * KG_K) * 2, cudaMemcpyHostToDevice) != cudaSuccess)
-    rc = bench_fail("cudaMemcpy of x failed");
+  BENCH_TRY_CUDA(rc, cudaMemcpy(g->x, hx, (size_t)(mmax * KG_K) * 2, cudaMemcpyHostToDevice));
   free(hx);
   if (rc == BENCH_OK) rc = dalloc(&g->y, (size_t)(mmax * KG_N_MERGED) * 2);
   return rc;
 }
 
-static void gemm_bufs_free(gemm_bufs_t* g) {
+static bench_rc_t gemm_bufs_free(kg_t* b, gemm_bufs_t* g) {
+  bench_rc_t rc = BENCH_OK;
   for (int r = 0; r < g->R; r++) {
-    if (g->ml[r]) tpc_merged_linear_destroy(g->ml[r]);
-    for (int p = 0; p < KG_NUM_PROJ; p++) dfree(g->w[r][p]);
+    if (g->ml[r]) {
+      tpc_status_t st = tpc_merged_linear_destroy(g->ml[r]);
+      if (st != TPC_SUCCESS)
+        bench_keep_first(&rc, bench_tpc_fail(b->ctx, st, "tpc_merged_linear_destroy", __FILE__, __LINE__));
+    }
+    for (int p = 0; p < KG_NUM_PROJ; p++) dfree(&rc, g->w[r][p]);
   }
   for (int p = 0; p < KG_NUM_PROJ; p++) free(g->hw[p]);
   free(g->hxf);
-  dfree(g->x);
-  dfree(g->y);
+  dfree(&rc, g->x);
+  dfree(&rc, g->y);
   memset(g, 0, sizeof *g);
+  return rc;
 }
 
 static bench_rc_t run_gemm(kg_t* b) {
@@ -675,7 +632,7 @@ static bench_rc_t run_gemm(kg_t* b) {
   bench_progress(ctx, "gemm: weights and inputs");
   bench_rc_t rc = gemm_bufs_init(b, &g);
   if (rc != BENCH_OK) {
-    gemm_bufs_free(&g);
+    gemm_bufs_free(b, &g);
     return rc;
   }
   const double wbytes = (double)KG_N_MERGED * KG_K * 2;
@@ -713,8 +670,8 @@ static bench_rc_t run_gemm(kg_t* b) {
     lt_plan_t plan;
     bench_rc_t prc = lt_plan_init(&b->lt, &plan, m, KG_N_MERGED, KG_K, KG_K, KG_K, KG_N_MERGED, CUDA_R_16BF, CUDA_R_16BF);
     if (prc == BENCH_FAIL) {
-      lt_plan_free(&plan);
       rc = prc;
+      bench_keep_first(&rc, lt_plan_free(&plan));
       break;
     }
     kg_time_t tm[NUM_IMPLS];
@@ -732,7 +689,7 @@ static bench_rc_t run_gemm(kg_t* b) {
       bench_op_t op = {enqueue_gemm, &c};
       if (rc == BENCH_OK) rc = time_op(b, op, &tm[impl]);
     }
-    lt_plan_free(&plan);
+    bench_keep_first(&rc, lt_plan_free(&plan));
     if (rc != BENCH_OK) break;
     const double bytes = wbytes + (double)m * KG_K * 2 + (double)m * KG_N_MERGED * 2;
     const double fl = floor_us(b, bytes);
@@ -781,7 +738,7 @@ static bench_rc_t run_gemm(kg_t* b) {
       bench_json_end(&b->json);
     }
   }
-  gemm_bufs_free(&g);
+  bench_keep_first(&rc, gemm_bufs_free(b, &g));
   if (rc == BENCH_OK) b->sum.have_gemm = 1;
   return rc;
 }
@@ -849,7 +806,7 @@ static bench_rc_t run_batched(kg_t* b) {
   }
   if (rc == BENCH_OK) rc = dalloc(&dw, (size_t)(2 * n * k) * 2);
   if (rc == BENCH_OK) rc = dalloc(&dy, (size_t)(2 * mmax * n) * 2);
-  if (rc == BENCH_OK && cudaMemcpy(dw, hw, (size_t)(2 * n * k) * 2, cudaMemcpyHostToDevice) != cudaSuccess) rc = bench_fail("cudaMemcpy failed");
+  BENCH_TRY_CUDA(rc, cudaMemcpy(dw, hw, (size_t)(2 * n * k) * 2, cudaMemcpyHostToDevice));
   bench_table_t t;
   bench_table_init(&t);
   bench_table_col(&t, "m", "", 5);
@@ -868,10 +825,8 @@ static bench_rc_t run_batched(kg_t* b) {
     const int64_t m = k_gemm_m[mi];
     /* x for this m: [2][m][128] contiguous, fresh values */
     fill_bf16(hx, fx, 2 * m, k, 0, bench_seed(10, (uint64_t)m, 0));
-    if (cudaMemcpy(dx, hx, (size_t)(2 * m * k) * 2, cudaMemcpyHostToDevice) != cudaSuccess) {
-      rc = bench_fail("cudaMemcpy failed");
-      break;
-    }
+    BENCH_TRY_CUDA(rc, cudaMemcpy(dx, hx, (size_t)(2 * m * k) * 2, cudaMemcpyHostToDevice));
+    if (rc != BENCH_OK) break;
     kg_time_t tm[2];
     uint64_t wrong = 0;
     for (int batched = 1; rc == BENCH_OK && batched >= 0; batched--) {
@@ -910,9 +865,9 @@ static bench_rc_t run_batched(kg_t* b) {
   free(hw);
   free(fx);
   free(fw);
-  dfree(dx);
-  dfree(dw);
-  dfree(dy);
+  dfree(&rc, dx);
+  dfree(&rc, dw);
+  dfree(&rc, dy);
   return rc;
 }
 
@@ -957,13 +912,13 @@ static bench_rc_t run_square(kg_t* b) {
   const int nr = sample_rows(s, rows, KG_CHECK_ROWS);
   if (rc == BENCH_OK) {
     fill_bf16(h, fw, s, s, 0, bench_seed(11, 1, 0));
-    if (cudaMemcpy(dw, h, elems * 2, cudaMemcpyHostToDevice) != cudaSuccess) rc = bench_fail("cudaMemcpy failed");
+    BENCH_TRY_CUDA(rc, cudaMemcpy(dw, h, elems * 2, cudaMemcpyHostToDevice));
   }
   if (rc == BENCH_OK) {
     fill_bf16(h, NULL, s, s, 0, bench_seed(11, 2, 0));
     for (int i = 0; i < nr; i++)
       for (int64_t j = 0; j < s; j++) fx[i * s + j] = bench_bf16_to_f32(h[rows[i] * s + j]);
-    if (cudaMemcpy(dx, h, elems * 2, cudaMemcpyHostToDevice) != cudaSuccess) rc = bench_fail("cudaMemcpy failed");
+    BENCH_TRY_CUDA(rc, cudaMemcpy(dx, h, elems * 2, cudaMemcpyHostToDevice));
   }
   lt_plan_t plan;
   memset(&plan, 0, sizeof plan);
@@ -985,14 +940,12 @@ static bench_rc_t run_square(kg_t* b) {
       uint16_t* yh = malloc((size_t)s * 2);
       float* yf = malloc((size_t)s * 4);
       if (!ref || !refabs || !yh || !yf) rc = bench_fail("out of host memory");
-      if (rc == BENCH_OK && cudaMemsetAsync(dy, 0xff, elems * 2, ctx->stream) != cudaSuccess) rc = bench_fail("cudaMemsetAsync failed");
+      BENCH_TRY_CUDA(rc, cudaMemsetAsync(dy, 0xff, elems * 2, ctx->stream));
       if (rc == BENCH_OK) rc = enqueue_square(&c, ctx->stream);
-      if (rc == BENCH_OK && cudaStreamSynchronize(ctx->stream) != cudaSuccess) rc = bench_fail("the square GEMM failed");
+      BENCH_TRY_CUDA(rc, cudaStreamSynchronize(ctx->stream));
       for (int i = 0; rc == BENCH_OK && i < nr; i++) {
-        if (cudaMemcpy(yh, (const uint16_t*)dy + rows[i] * s, (size_t)s * 2, cudaMemcpyDeviceToHost) != cudaSuccess) {
-          rc = bench_fail("cudaMemcpy failed");
-          break;
-        }
+        BENCH_TRY_CUDA(rc, cudaMemcpy(yh, (const uint16_t*)dy + rows[i] * s, (size_t)s * 2, cudaMemcpyDeviceToHost));
+        if (rc != BENCH_OK) break;
         for (int64_t j = 0; j < s; j++) yf[j] = bench_bf16_to_f32(yh[j]);
         tpc_ref_gemm(fx + i * s, s, fw, s, ref, refabs, s, 1, s, s);
         wrong += (uint64_t)tpc_ref_count_wrong(yf, s, ref, refabs, s, 1, s, 1.01 / 256.0, 1e-4, NULL);
@@ -1006,13 +959,13 @@ static bench_rc_t run_square(kg_t* b) {
     bench_progress(ctx, "square: timing (%s)", k_sq_names[impl]);
     if (rc == BENCH_OK) rc = time_op(b, op, &tm[impl]);
   }
-  lt_plan_free(&plan);
+  bench_keep_first(&rc, lt_plan_free(&plan));
   free(h);
   free(fx);
   free(fw);
-  dfree(dx);
-  dfree(dy);
-  dfree(dw);
+  dfree(&rc, dx);
+  dfree(&rc, dy);
+  dfree(&rc, dw);
   BENCH_CHECK(rc);
   bench_printf(out, "\n# square: %lld^3 bf16 GEMM (fp32 accumulation); eager %s (the GPU's clock falls under sustained "
                     "load, so compare rows measured alike)\n", (long long)s, "first, then graph");
@@ -1077,16 +1030,15 @@ static bench_rc_t fp8_operand(kg_t* b, int64_t rows, int64_t k, uint64_t seed, v
   }
   if (rc == BENCH_OK) rc = dalloc(q, n);
   if (rc == BENCH_OK) rc = dalloc((void**)s, (size_t)rows * 4);
-  if (rc == BENCH_OK && cudaMemcpy(dx, h, n * 2, cudaMemcpyHostToDevice) != cudaSuccess) rc = bench_fail("cudaMemcpy failed");
+  BENCH_TRY_CUDA(rc, cudaMemcpy(dx, h, n * 2, cudaMemcpyHostToDevice));
   if (rc == BENCH_OK)
     rc = bench_tpc_rc(b->ctx, tpc_quant_fp8_per_token(*q, *s, dx, rows, k, k, k, TPC_BFLOAT16, b->ctx->stream),
                       "tpc_quant_fp8_per_token", __FILE__, __LINE__);
-  if (rc == BENCH_OK && cudaStreamSynchronize(b->ctx->stream) != cudaSuccess) rc = bench_fail("quantization failed");
-  if (rc == BENCH_OK && (cudaMemcpy(*hq, *q, n, cudaMemcpyDeviceToHost) != cudaSuccess ||
-                         cudaMemcpy(*hs, *s, (size_t)rows * 4, cudaMemcpyDeviceToHost) != cudaSuccess))
-    rc = bench_fail("cudaMemcpy failed");
+  BENCH_TRY_CUDA(rc, cudaStreamSynchronize(b->ctx->stream));
+  BENCH_TRY_CUDA(rc, cudaMemcpy(*hq, *q, n, cudaMemcpyDeviceToHost));
+  BENCH_TRY_CUDA(rc, cudaMemcpy(*hs, *s, (size_t)rows * 4, cudaMemcpyDeviceToHost));
   free(h);
-  dfree(dx);
+  dfree(&rc, dx);
   return rc;
 }
 
@@ -1105,10 +1057,8 @@ static bench_rc_t check_fp8(kg_t* b, fp8_call_t* c, const uint8_t* hxq, const fl
   double* refabs = malloc((size_t)c->n * 8);
   bench_rc_t rc = (yh && yf && ref && refabs) ? BENCH_OK : bench_fail("out of host memory");
   for (int i = 0; rc == BENCH_OK && i < nr; i++) {
-    if (cudaMemcpy(yh, (const uint16_t*)c->y + rows[i] * c->n, (size_t)c->n * 2, cudaMemcpyDeviceToHost) != cudaSuccess) {
-      rc = bench_fail("cudaMemcpy failed");
-      break;
-    }
+    BENCH_TRY_CUDA(rc, cudaMemcpy(yh, (const uint16_t*)c->y + rows[i] * c->n, (size_t)c->n * 2, cudaMemcpyDeviceToHost));
+    if (rc != BENCH_OK) break;
     for (int64_t j = 0; j < c->n; j++) yf[j] = bench_bf16_to_f32(yh[j]);
     tpc_ref_gemm_fp8(hxq + rows[i] * c->k, c->k, hxs + rows[i], hwq, c->k, hws, ref, refabs, c->n, 1, c->n, c->k);
     *wrong += (uint64_t)tpc_ref_count_wrong(yf, c->n, ref, refabs, c->n, 1, c->n, 1.01 / 256.0, 1.0 / 1024.0, NULL);
@@ -1181,11 +1131,11 @@ static bench_rc_t run_fp8(kg_t* b) {
     free(hwq);
     free(hxs);
     free(hws);
-    dfree(c.xq);
-    dfree(c.wq);
-    dfree(c.xs);
-    dfree(c.ws);
-    dfree(c.y);
+    dfree(&rc, c.xq);
+    dfree(&rc, c.wq);
+    dfree(&rc, c.xs);
+    dfree(&rc, c.ws);
+    dfree(&rc, c.y);
     if (rc != BENCH_OK) break;
     bench_table_cell(&t, "%lld", (long long)m);
     bench_table_cell(&t, "%lld", (long long)n);
@@ -1275,12 +1225,10 @@ static bench_rc_t run(kg_t* b) {
   if (ctx->nranks != 1)
     return bench_fail("%s runs on one GPU: start it alone, not with %d ranks", KG_CMD, ctx->nranks);
   BENCH_CHECK(bench_print_job_header(ctx));
-  int l2 = 0;
-  BENCH_CHECK_CUDA(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, ctx->device));
-  b->l2_bytes = (size_t)l2;
+  BENCH_CHECK(bench_l2_bytes(ctx, &b->l2_bytes));
   bench_printf(out, "# kernels-gemm: eager = %ld warm-up + %ld timed calls; graph = %ld calls captured, %ld timed replays; "
                     "L2 %d MiB, inputs %s; check %s\n",
-               b->o->warmup, b->o->iters, b->o->iters, b->o->graph_reps, l2 >> 20,
+               b->o->warmup, b->o->iters, b->o->iters, b->o->graph_reps, (int)(b->l2_bytes >> 20),
                b->o->cold ? "rotated over copies > 2x L2 (cold)" : "in one copy (warm)", b->o->check ? "on" : "off");
   BENCH_CHECK_TPC(ctx, tpc_gemm_handle_create(&b->h, 0));
   BENCH_CHECK_TPC(ctx, tpc_gemm_handle_create(&b->h_tuned, 0));
@@ -1295,37 +1243,33 @@ static bench_rc_t run(kg_t* b) {
   print_targets(b);
   if (b->o->check) bench_printf(out, "# #wrong total: %llu\n", (unsigned long long)b->wrong_total);
   else bench_printf(out, "# #wrong total: not checked (-c 0)\n");
-  return bench_json_close(&b->json);
+  return BENCH_OK;
+}
+
+/* The cleanup of bench_finish: the cuBLASLt baseline and the two handles. */
+static bench_rc_t free_handles(void* arg) {
+  kg_t* b = arg;
+  bench_rc_t rc = lt_fini(&b->lt);
+  tpc_gemm_handle_t handles[2] = {b->h, b->h_tuned};
+  b->h = b->h_tuned = NULL;
+  for (int i = 0; i < 2; i++) {
+    tpc_status_t hs = tpc_gemm_handle_destroy(handles[i]);
+    if (hs != TPC_SUCCESS) bench_keep_first(&rc, bench_tpc_fail(b->ctx, hs, "tpc_gemm_handle_destroy", __FILE__, __LINE__));
+  }
+  return rc;
 }
 
 int bench_kernels_gemm(int argc, char** argv) {
   kg_opts_t opts;
-  int parsed = parse_opts(argc, argv, &opts);
-  if (parsed != PARSE_OK) return parsed == PARSE_HELP ? BENCH_EXIT_OK : BENCH_EXIT_USAGE;
-
+  int ec = parse_opts(argc, argv, &opts);
+  if (ec != BENCH_CONTINUE) return ec;
   bench_ctx_t ctx;
-  int st = bench_ctx_init(&ctx);
-  if (st == BENCH_NO_GPU) return BENCH_EXIT_OK;
-  if (st != BENCH_OK) return bench_ctx_fail(&ctx);
-
   kg_t b;
   memset(&b, 0, sizeof b);
   b.o = &opts;
   b.ctx = &ctx;
-  bench_rc_t rc = bench_json_open(&ctx, &b.json, opts.json_path);
-  if (rc != BENCH_OK && b.json.open_failed) {
-    bench_usage_error(KG_CMD, "%s", bench_error_message());
-    if (bench_ctx_finish(&ctx) != BENCH_OK) return bench_ctx_fail(&ctx);
-    return BENCH_EXIT_USAGE;
-  }
-  if (rc == BENCH_OK) rc = run(&b);
-  lt_fini(&b.lt);
-  tpc_gemm_handle_t handles[2] = {b.h, b.h_tuned};
-  for (int i = 0; i < 2; i++) {
-    tpc_status_t hs = tpc_gemm_handle_destroy(handles[i]);
-    if (hs != TPC_SUCCESS && rc == BENCH_OK) rc = bench_tpc_fail(&ctx, hs, "tpc_gemm_handle_destroy", __FILE__, __LINE__);
-  }
-  if (rc != BENCH_OK) return bench_ctx_fail(&ctx);
-  if (bench_ctx_finish(&ctx) != BENCH_OK) return bench_ctx_fail(&ctx);
-  return b.wrong_total > 0 ? BENCH_EXIT_WRONG : BENCH_EXIT_OK;
+  ec = bench_start(KG_CMD, &ctx, &b.json, opts.json_path);
+  if (ec != BENCH_CONTINUE) return ec;
+  bench_rc_t rc = run(&b);
+  return bench_finish(&ctx, &b.json, rc, free_handles, &b, b.wrong_total);
 }

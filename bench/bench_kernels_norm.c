@@ -1,9 +1,9 @@
 /* bench_kernels_norm.c — `tpcomm-bench kernels-norm`: the single-GPU norm kernels of tpcomm/kernels.h
  * (per-head QK-RMSNorm, QK-RMSNorm across heads, RMSNorm, fused add + RMSNorm) against the memory floor.
  *
- * First the copy bandwidth of the GPU is measured (cudaMemcpy device to device of 1 GiB, bytes read +
- * written, like anchors/anchor_kernels_compiled.py). Then per kernel and shape: one checked call (sampled rows
- * against the fp64 CPU reference of tests/ref/norm_ref.c), the time per call eagerly (CUDA events around
+ * First the copy bandwidth of the GPU is measured (bench_copy_bandwidth: cudaMemcpy device to device of up
+ * to 1 GiB, bytes read + written, like anchors/anchor_kernels_compiled.py). Then per kernel and shape: one
+ * checked call (sampled rows against the fp64 CPU reference of tests/ref/norm_ref.c), the time per call eagerly (CUDA events around
  * `iters` back-to-back calls after a warm-up) and inside a CUDA graph (`graph_calls` calls captured in one
  * graph and replayed; the decode case), the bytes the call must move (read + written, weights included), the
  * floor = bytes / copy bandwidth, and floor / time in percent. Calls rotate over enough buffer sets that the
@@ -133,34 +133,9 @@ static void set_default_opts(kn_opts_t* o) {
   o->kinds = (1u << KN_NUM_KINDS) - 1;
 }
 
-static int parse_kind_list(const char* val, unsigned* kinds) {
-  char buf[256];
-  if (!val || strlen(val) >= sizeof buf)
-    return bench_usage_error(KN_CMD, "invalid value '%s' for --kernel", val ? val : "");
-  strcpy(buf, val);
-  *kinds = 0;
-  char* save = NULL;
-  for (char* tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-    int found = -1;
-    for (int i = 0; i < KN_NUM_KINDS; i++)
-      if (strcmp(tok, k_kind_names[i]) == 0) found = i;
-    if (strcmp(tok, "all") == 0)
-      *kinds |= (1u << KN_NUM_KINDS) - 1;
-    else if (found >= 0)
-      *kinds |= 1u << found;
-    else
-      return bench_usage_error(KN_CMD,
-                               "invalid value '%s' for --kernel: unknown kernel '%s' (expected a comma list of "
-                               "per_head,across_heads,rmsnorm,fused_add or all)",
-                               val, tok);
-  }
-  if (*kinds == 0) return bench_usage_error(KN_CMD, "invalid value '%s' for --kernel: no kernel named", val);
-  return 0;
-}
-
-enum { PARSE_OK = 0, PARSE_HELP = 1, PARSE_BAD = 2 };
-
-static int apply_option(int c, kn_opts_t* o) {
+/* bench_apply_fn: one option; 0 on success, non-zero (message printed) on a bad value. */
+static int apply_option(int c, int argc, char** argv, void* opts) {
+  kn_opts_t* o = opts;
   switch (c) {
     case 'n': return bench_parse_long(KN_CMD, "-n/--iters", optarg, 1, 1000000, &o->iters);
     case 'w': return bench_parse_long(KN_CMD, "-w/--warmup_iters", optarg, 0, 1000000, &o->warmup);
@@ -173,15 +148,13 @@ static int apply_option(int c, kn_opts_t* o) {
         return bench_usage_error(KN_CMD, "invalid value '%s' for -d/--datatype: the norm kernels take bfloat16 or half",
                                  optarg);
       return 0;
-    case 'k': return parse_kind_list(optarg, &o->kinds);
-    case 'J':
-      if (!optarg || !*optarg) return bench_usage_error(KN_CMD, "invalid value '' for -J/--json: expected a file name");
-      o->json_path = optarg;
-      return 0;
+    case 'k': return bench_parse_name_list(KN_CMD, "-k/--kernel", optarg, k_kind_names, KN_NUM_KINDS, "kernel", &o->kinds);
+    case 'J': return bench_parse_path(KN_CMD, "-J/--json", optarg, &o->json_path);
     default: return -1;
   }
 }
 
+/* BENCH_CONTINUE, or the exit code after -h or a bad command line. */
 static int parse_opts(int argc, char** argv, kn_opts_t* o) {
   static const struct option long_opts[] = {{"iters", required_argument, NULL, 'n'},
                                             {"warmup_iters", required_argument, NULL, 'w'},
@@ -193,31 +166,9 @@ static int parse_opts(int argc, char** argv, kn_opts_t* o) {
                                             {"json", required_argument, NULL, 'J'},
                                             {"help", no_argument, NULL, 'h'},
                                             {NULL, 0, NULL, 0}};
-  int c;
   set_default_opts(o);
-  while ((c = getopt_long(argc, argv, ":n:w:g:r:c:d:k:J:h", long_opts, NULL)) != -1) {
-    if (c == 'h') {
-      bench_kernels_norm_usage(stdout);
-      return PARSE_HELP;
-    }
-    if (c == ':') {
-      bench_usage_error(KN_CMD, "option '%s' needs a value", argv[optind - 1]);
-      return PARSE_BAD;
-    }
-    if (c == '?') {
-      if (optopt)
-        bench_usage_error(KN_CMD, "unknown option '-%c'", optopt);
-      else
-        bench_usage_error(KN_CMD, "unknown option '%s'", argv[optind - 1]);
-      return PARSE_BAD;
-    }
-    if (apply_option(c, o) != 0) return PARSE_BAD;
-  }
-  if (optind < argc) {
-    bench_usage_error(KN_CMD, "unexpected argument '%s'", argv[optind]);
-    return PARSE_BAD;
-  }
-  return PARSE_OK;
+  return bench_parse_options(KN_CMD, argc, argv, ":n:w:g:r:c:d:k:J:h", long_opts, bench_kernels_norm_usage,
+                             apply_option, o);
 }
 
 /* ---- shapes ----------------------------------------------------------------------------------------------- */
@@ -309,11 +260,7 @@ static bench_rc_t alloc_bufs(kn_bench_t* kb, const kn_shape_t* s, kn_bufs_t* bb)
   BENCH_CHECK_CUDA(cudaMemGetInfo(&free_b, &total_b));
   const size_t budget = free_b > ((size_t)1 << 30) ? free_b - ((size_t)1 << 30) : 0; /* keep 1 GiB spare */
   if (set_bytes > budget) return BENCH_NA;
-  size_t want = (2 * kb->l2_bytes + set_bytes - 1) / set_bytes;
-  if (want < 1) want = 1;
-  if (want > KN_MAX_SETS) want = KN_MAX_SETS;
-  if (want > budget / set_bytes) want = budget / set_bytes;
-  bb->nsets = (int)want;
+  bb->nsets = bench_rotation_sets(kb->l2_bytes, set_bytes, KN_MAX_SETS, budget);
   for (int i = 0; i < bb->nsets; i++) {
     BENCH_CHECK_CUDA(cudaMalloc(&bb->a[i], (size_t)bb->na * esize));
     BENCH_CHECK_CUDA(cudaMalloc(&bb->b[i], (size_t)bb->nb * esize));
@@ -449,36 +396,6 @@ static bench_rc_t check_once(kn_bench_t* kb, kn_bufs_t* bb, uint64_t* wrong) {
 }
 
 /* ---- measurements ----------------------------------------------------------------------------------------- */
-
-/* Device-to-device cudaMemcpy of up to 1 GiB (less when memory is short): bytes read + written per second. */
-static bench_rc_t measure_copy(kn_bench_t* kb) {
-  size_t free_b = 0, total_b = 0;
-  BENCH_CHECK_CUDA(cudaMemGetInfo(&free_b, &total_b));
-  size_t bytes = (size_t)1 << 30;
-  while (bytes > ((size_t)1 << 24) && 2 * bytes + ((size_t)1 << 30) > free_b) bytes /= 2;
-  void *src = NULL, *dst = NULL;
-  BENCH_CHECK_CUDA(cudaMalloc(&src, bytes));
-  BENCH_CHECK_CUDA(cudaMalloc(&dst, bytes));
-  BENCH_CHECK_CUDA(cudaMemsetAsync(src, 1, bytes, kb->ctx->stream));
-  const int warm = 3, reps = 20;
-  for (int i = 0; i < warm; i++)
-    BENCH_CHECK_CUDA(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, kb->ctx->stream));
-  BENCH_CHECK_CUDA(cudaEventRecord(kb->ctx->ev_start, kb->ctx->stream));
-  for (int i = 0; i < reps; i++)
-    BENCH_CHECK_CUDA(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, kb->ctx->stream));
-  BENCH_CHECK_CUDA(cudaEventRecord(kb->ctx->ev_stop, kb->ctx->stream));
-  BENCH_CHECK_CUDA(cudaEventSynchronize(kb->ctx->ev_stop));
-  float ms = 0;
-  BENCH_CHECK_CUDA(cudaEventElapsedTime(&ms, kb->ctx->ev_start, kb->ctx->ev_stop));
-  BENCH_CHECK_CUDA(cudaFree(src));
-  BENCH_CHECK_CUDA(cudaFree(dst));
-  if (ms <= 0) return bench_fail("copy bandwidth: the timed copies took %g ms", (double)ms);
-  kb->copy_gbs = 2.0 * (double)bytes * reps / ((double)ms * 1e-3) / 1e9;
-  char sz[32];
-  bench_printf(bench_out(kb->ctx), "# copy bandwidth: %.0f GB/s (cudaMemcpy device to device of %s, read + written)\n",
-               kb->copy_gbs, bench_format_bytes(bytes, sz, sizeof sz));
-  return BENCH_OK;
-}
 
 /* Random pattern tiled over every input, and the weights (host and device). */
 static bench_rc_t make_data(kn_bench_t* kb) {
@@ -715,21 +632,21 @@ static bench_rc_t run_shapes(kn_bench_t* kb) {
 
 static bench_rc_t run(kn_bench_t* kb) {
   FILE* out = bench_out(kb->ctx);
-  int l2 = 0;
-  BENCH_CHECK_CUDA(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, kb->ctx->device));
-  kb->l2_bytes = (size_t)l2;
+  BENCH_CHECK(bench_l2_bytes(kb->ctx, &kb->l2_bytes));
   BENCH_CHECK(bench_print_job_header(kb->ctx));
-  BENCH_CHECK(measure_copy(kb));
+  BENCH_CHECK(bench_copy_bandwidth(kb->ctx, &kb->copy_gbs));
   BENCH_CHECK(make_data(kb));
   print_run_header(kb, out);
   add_columns(kb);
   bench_table_print_header(&kb->table, out);
   BENCH_CHECK(run_shapes(kb));
   print_footer(kb, out);
-  return bench_json_close(&kb->json);
+  return BENCH_OK;
 }
 
-static bench_rc_t free_data(kn_bench_t* kb) {
+/* The cleanup of bench_finish. */
+static bench_rc_t free_data(void* arg) {
+  kn_bench_t* kb = arg;
   free(kb->pattern);
   free(kb->h_weight);
   kb->pattern = kb->h_weight = NULL;
@@ -743,28 +660,15 @@ static bench_rc_t free_data(kn_bench_t* kb) {
 
 int bench_kernels_norm(int argc, char** argv) {
   kn_opts_t opts;
-  int parsed = parse_opts(argc, argv, &opts);
-  if (parsed != PARSE_OK) return parsed == PARSE_HELP ? BENCH_EXIT_OK : BENCH_EXIT_USAGE;
-
+  int ec = parse_opts(argc, argv, &opts);
+  if (ec != BENCH_CONTINUE) return ec;
   bench_ctx_t ctx;
-  int st = bench_ctx_init(&ctx);
-  if (st == BENCH_NO_GPU) return BENCH_EXIT_OK;
-  if (st != BENCH_OK) return bench_ctx_fail(&ctx);
-
   kn_bench_t kb;
   memset(&kb, 0, sizeof kb);
   kb.o = &opts;
   kb.ctx = &ctx;
-  bench_rc_t rc = bench_json_open(&ctx, &kb.json, opts.json_path);
-  if (rc != BENCH_OK && kb.json.open_failed) {
-    if (ctx.rank == 0) bench_usage_error(KN_CMD, "%s", bench_error_message());
-    if (bench_ctx_finish(&ctx) != BENCH_OK) return bench_ctx_fail(&ctx);
-    return BENCH_EXIT_USAGE;
-  }
-  if (rc == BENCH_OK) rc = run(&kb);
-  if (rc != BENCH_OK) return bench_ctx_fail(&ctx);
-  rc = free_data(&kb);
-  if (rc == BENCH_OK) rc = bench_ctx_finish(&ctx);
-  if (rc != BENCH_OK) return bench_ctx_fail(&ctx);
-  return kb.wrong_total > 0 ? BENCH_EXIT_WRONG : BENCH_EXIT_OK;
+  ec = bench_start(KN_CMD, &ctx, &kb.json, opts.json_path);
+  if (ec != BENCH_CONTINUE) return ec;
+  bench_rc_t rc = run(&kb);
+  return bench_finish(&ctx, &kb.json, rc, free_data, &kb, kb.wrong_total);
 }

@@ -13,6 +13,8 @@
 #include "bench_common.h"
 #include "tp_qknorm_ref.h"
 
+#define QK_CMD "tp_qknorm"
+
 typedef struct {
   int graph, iters, warmup, check, reps;
   long max_tokens;
@@ -50,41 +52,42 @@ void bench_tp_qknorm_usage(FILE* f) {
           BENCH_PROGRAM);
 }
 
-static int parse(int argc, char** argv, qk_opts_t* o) {
+/* bench_apply_fn: one option; 0 on success, non-zero (message printed) on a bad value. */
+static int apply_option(int c, int argc, char** argv, void* opts) {
+  qk_opts_t* o = opts;
+  long v;
+  switch (c) {
+    case 't': return bench_parse_long(QK_CMD, "-t/--max-tokens", optarg, 1, 1 << 20, &o->max_tokens);
+    case 'G': o->graph = 1; return 0;
+    case 'n':
+      if (bench_parse_long(QK_CMD, "-n/--iters", optarg, 1, 100000, &v)) return -1;
+      o->iters = (int)v;
+      return 0;
+    case 'w':
+      if (bench_parse_long(QK_CMD, "-w/--warmup_iters", optarg, 0, 100000, &v)) return -1;
+      o->warmup = (int)v;
+      return 0;
+    case 'c':
+      if (bench_parse_long(QK_CMD, "-c/--check", optarg, 0, 1, &v)) return -1;
+      o->check = (int)v;
+      return 0;
+    case 'd':
+      if (bench_parse_dtype(QK_CMD, "-d/--datatype", optarg, &o->dtype)) return -1;
+      if (o->dtype == TPC_FLOAT32)
+        return bench_usage_error(QK_CMD, "invalid value '%s' for -d/--datatype: expected bfloat16 or half", optarg);
+      return 0;
+    case 'J': return bench_parse_path(QK_CMD, "-J/--json", optarg, &o->json_path);
+    default: return -1;
+  }
+}
+
+/* BENCH_CONTINUE, or the exit code after -h or a bad command line. */
+static int parse_opts(int argc, char** argv, qk_opts_t* o) {
   static const struct option longs[] = {{"max-tokens", 1, 0, 't'}, {"graph", 0, 0, 'G'}, {"iters", 1, 0, 'n'},
                                         {"warmup_iters", 1, 0, 'w'}, {"check", 1, 0, 'c'}, {"datatype", 1, 0, 'd'},
                                         {"json", 1, 0, 'J'},         {"help", 0, 0, 'h'},  {0, 0, 0, 0}};
   *o = (qk_opts_t){0, 100, 10, 1, 5, 16384, TPC_BFLOAT16, NULL};
-  long v;
-  int c;
-  while ((c = getopt_long(argc, argv, "t:Gn:w:c:d:J:h", longs, NULL)) != -1) {
-    switch (c) {
-      case 't':
-        if (bench_parse_long("tp_qknorm", "--max-tokens", optarg, 1, 1 << 20, &o->max_tokens)) return 2;
-        break;
-      case 'G': o->graph = 1; break;
-      case 'n':
-        if (bench_parse_long("tp_qknorm", "--iters", optarg, 1, 100000, &v)) return 2;
-        o->iters = (int)v;
-        break;
-      case 'w':
-        if (bench_parse_long("tp_qknorm", "--warmup_iters", optarg, 0, 100000, &v)) return 2;
-        o->warmup = (int)v;
-        break;
-      case 'c':
-        if (bench_parse_long("tp_qknorm", "--check", optarg, 0, 1, &v)) return 2;
-        o->check = (int)v;
-        break;
-      case 'd':
-        if (bench_parse_dtype("tp_qknorm", "--datatype", optarg, &o->dtype)) return 2;
-        if (o->dtype == TPC_FLOAT32) return bench_usage_error("tp_qknorm", "--datatype float is not supported"), 2;
-        break;
-      case 'J': o->json_path = optarg; break;
-      case 'h': bench_tp_qknorm_usage(stdout); return 1;
-      default: bench_tp_qknorm_usage(stderr); return 2;
-    }
-  }
-  return 0;
+  return bench_parse_options(QK_CMD, argc, argv, ":t:Gn:w:c:d:J:h", longs, bench_tp_qknorm_usage, apply_option, o);
 }
 
 static bench_rc_t enqueue(void* arg, cudaStream_t stream) {
@@ -218,19 +221,13 @@ static bench_rc_t run_shape(bench_ctx_t* ctx, const qk_opts_t* o, int64_t qg, in
   return BENCH_OK;
 }
 
-int bench_tp_qknorm(int argc, char** argv) {
-  qk_opts_t o;
-  int pr = parse(argc, argv, &o);
-  if (pr) return pr == 1 ? BENCH_EXIT_OK : BENCH_EXIT_USAGE;
-  bench_ctx_t ctx;
-  int st = bench_ctx_init(&ctx);
-  if (st == BENCH_NO_GPU) return BENCH_EXIT_OK;
-  if (st != BENCH_OK) return bench_ctx_fail(&ctx);
-  if (bench_print_job_header(&ctx) != BENCH_OK) return bench_ctx_fail(&ctx);
-  FILE* out = bench_out(&ctx);
+/* Everything between opening the JSON file and teardown. */
+static bench_rc_t run(bench_ctx_t* ctx, const qk_opts_t* o, bench_json_t* js, uint64_t* wrong) {
+  BENCH_CHECK(bench_print_job_header(ctx));
+  FILE* out = bench_out(ctx);
   bench_printf(out, "# tp_qknorm: %s, eps 1e-6, in place, mode %s (%s); times in us per call, averaged over ranks\n",
-               bench_dtype_name(o.dtype), o.graph ? "graph" : "eager",
-               o.graph ? "calls captured in one CUDA graph" : "back-to-back launches");
+               bench_dtype_name(o->dtype), o->graph ? "graph" : "eager",
+               o->graph ? "calls captured in one CUDA graph" : "back-to-back launches");
   bench_printf(out, "# unf-nccl / unf-ours: partial sums, all-reduce of [tokens][2] floats (NCCL / tpcomm auto), apply;"
                     " speedup = unf-nccl / auto\n");
   bench_table_t tab;
@@ -244,14 +241,21 @@ int bench_tp_qknorm(int argc, char** argv) {
   bench_table_col(&tab, "speedup", "", 8);
   bench_table_col(&tab, "#wrong", "", 7);
   bench_table_print_header(&tab, out);
-  bench_json_t js;
-  bench_rc_t rc = bench_json_open(&ctx, &js, o.json_path);
-  uint64_t wrong = 0;
   const int64_t shapes[][2] = {{6144, 1024}, {4096, 1024}};
-  for (int s = 0; s < 2 && rc == BENCH_OK; s++) rc = run_shape(&ctx, &o, shapes[s][0], shapes[s][1], &tab, &js, &wrong);
-  if (rc == BENCH_OK) rc = bench_json_close(&js);
-  if (rc != BENCH_OK) return bench_ctx_fail(&ctx);
-  bench_printf(out, "# #wrong total: %llu\n", (unsigned long long)wrong);
-  if (bench_ctx_finish(&ctx) != BENCH_OK) return bench_ctx_fail(&ctx);
-  return wrong ? BENCH_EXIT_WRONG : BENCH_EXIT_OK;
+  for (int s = 0; s < 2; s++) BENCH_CHECK(run_shape(ctx, o, shapes[s][0], shapes[s][1], &tab, js, wrong));
+  bench_printf(out, "# #wrong total: %llu\n", (unsigned long long)*wrong);
+  return BENCH_OK;
+}
+
+int bench_tp_qknorm(int argc, char** argv) {
+  qk_opts_t o;
+  int ec = parse_opts(argc, argv, &o);
+  if (ec != BENCH_CONTINUE) return ec;
+  bench_ctx_t ctx;
+  bench_json_t js;
+  ec = bench_start(QK_CMD, &ctx, &js, o.json_path);
+  if (ec != BENCH_CONTINUE) return ec;
+  uint64_t wrong = 0;
+  bench_rc_t rc = run(&ctx, &o, &js, &wrong);
+  return bench_finish(&ctx, &js, rc, NULL, NULL, wrong);
 }
