@@ -5,7 +5,9 @@
  * TPCOMM_ALLREDUCE_ALGO) if it can serve the message; otherwise, on the custom transport, one-shot up to
  * the one-shot limit, two-shot up to TPCOMM_MAX_BYTES, and NCCL above; on the NCCL transport, NCCL.
  * Streams: the protocol allows one operation in flight per communicator, so a call on a stream other
- * than the previous call's first waits for that call (an event), in eager mode and within one capture.
+ * than the previous call's first waits for that call (an event), in eager mode and within one capture;
+ * the stream's capture state is read once per call (tpc_check_stream) and serves the checks, the choice
+ * and the ordering. tpc_all_reduce_enqueue (choice + launch, nothing checked) also serves tp_qknorm.c.
  * Relies on: every rank making the same calls in the same order with the same count and dtype. */
 #include <stdint.h>
 #include <string.h>
@@ -88,10 +90,15 @@ tpc_status_t tpc_check_device_buffer(struct tpc_comm* c, const void* p, const ch
   return TPC_SUCCESS;
 }
 
-tpc_status_t tpc_check_stream(struct tpc_comm* c, cudaStream_t stream, const char* fn) {
+tpc_status_t tpc_check_stream(struct tpc_comm* c, cudaStream_t stream, const char* fn, tpc_capture_t* cap) {
   enum cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
-  cudaError_t e = cudaStreamIsCapturing(stream, &cs);
-  if (e == cudaSuccess && cs != cudaStreamCaptureStatusNone) return TPC_SUCCESS; /* CUDA refuses the query then */
+  unsigned long long id = 0;
+  cudaError_t e = cudaStreamGetCaptureInfo(stream, &cs, &id, NULL, NULL, NULL, NULL);
+  if (e == cudaSuccess && cs == cudaStreamCaptureStatusInvalidated)
+    return tpc_error(c, TPC_ERR_INVALID_USAGE, "stream=%p has an invalidated capture", (void*)stream);
+  cap->capturing = e == cudaSuccess && cs == cudaStreamCaptureStatusActive;
+  cap->id = cap->capturing ? id : 0;
+  if (cap->capturing) return TPC_SUCCESS; /* CUDA refuses the device query then */
   int sdev = -1;
   if (e == cudaSuccess) e = cudaStreamGetDevice(stream, &sdev);
   if (e != cudaSuccess) {
@@ -130,45 +137,38 @@ static tpc_status_t check_args(struct tpc_comm* c, const void* sendbuf, void* re
   return TPC_SUCCESS;
 }
 
-/* Checks that ask CUDA: the buffers are device memory of the communicator's GPU, and so is the stream. */
-static tpc_status_t check_placement(struct tpc_comm* c, const void* sendbuf, void* recvbuf, cudaStream_t stream) {
+/* Checks that ask CUDA: the buffers are device memory of the communicator's GPU, and so is the stream
+ * (whose capture state lands in *cap). */
+static tpc_status_t check_placement(struct tpc_comm* c, const void* sendbuf, void* recvbuf, cudaStream_t stream,
+                                    tpc_capture_t* cap) {
   TPC_CHECK(tpc_check_device_buffer(c, sendbuf, "tpc_all_reduce", "sendbuf"));
   TPC_CHECK(tpc_check_device_buffer(c, recvbuf, "tpc_all_reduce", "recvbuf"));
-  return tpc_check_stream(c, stream, "tpc_all_reduce");
+  return tpc_check_stream(c, stream, "tpc_all_reduce", cap);
 }
 
 /* ---- ordering across streams -------------------------------------------------------------------- */
 
-tpc_status_t tpc_order_before(struct tpc_comm* c, cudaStream_t stream, int* capturing, unsigned long long* capture_id) {
-  enum cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
-  TPC_CUDA_CHECK_COMM(c, cudaStreamGetCaptureInfo(stream, &cs, capture_id, NULL, NULL, NULL, NULL));
-  if (cs == cudaStreamCaptureStatusInvalidated)
-    return tpc_error(c, TPC_ERR_INVALID_USAGE, "stream=%p has an invalidated capture", (void*)stream);
-  *capturing = cs == cudaStreamCaptureStatusActive;
-  if (!*capturing) *capture_id = 0;
+tpc_status_t tpc_order_before(struct tpc_comm* c, cudaStream_t stream, const tpc_capture_t* cap) {
   /* wait for the previous call only where CUDA allows it: both eager, or both in the same capture */
-  if (c->have_last && c->last_stream != (void*)stream && c->last_capture_id == *capture_id)
+  if (c->have_last && c->last_stream != (void*)stream && c->last_capture_id == cap->id)
     TPC_CUDA_CHECK_COMM(c, cudaStreamWaitEvent(stream, (cudaEvent_t)c->order_event, 0));
   return TPC_SUCCESS;
 }
 
-tpc_status_t tpc_order_after(struct tpc_comm* c, cudaStream_t stream, unsigned long long capture_id) {
+tpc_status_t tpc_order_after(struct tpc_comm* c, cudaStream_t stream, const tpc_capture_t* cap) {
   TPC_CUDA_CHECK_COMM(c, cudaEventRecord((cudaEvent_t)c->order_event, stream));
   c->have_last = 1;
   c->last_stream = (void*)stream;
-  c->last_capture_id = capture_id;
+  c->last_capture_id = cap->id;
   return TPC_SUCCESS;
 }
 
 /* ---- dispatch ----------------------------------------------------------------------------------- */
 
-static tpc_status_t run(struct tpc_comm* c, const void* sendbuf, void* recvbuf, size_t count, tpc_dtype_t dtype,
-                        tpc_algo_t algo, cudaStream_t stream) {
-  int capturing = 0;
-  unsigned long long capture_id = 0;
-  TPC_CHECK(tpc_order_before(c, stream, &capturing, &capture_id));
+tpc_status_t tpc_all_reduce_enqueue(struct tpc_comm* c, const void* sendbuf, void* recvbuf, size_t count,
+                                    tpc_dtype_t dtype, tpc_algo_t algo, int graph, cudaStream_t stream) {
   const char* why = NULL;
-  const tpc_algo_t a = tpc_allreduce_choose(c, count, dtype, capturing, algo, &why);
+  const tpc_algo_t a = tpc_allreduce_choose(c, count, dtype, graph, algo, &why);
   switch (a) {
     case TPC_ALGO_LOCAL:
       if (sendbuf != recvbuf)
@@ -191,8 +191,8 @@ static tpc_status_t run(struct tpc_comm* c, const void* sendbuf, void* recvbuf, 
                        algo == TPC_ALGO_AUTO ? "no algorithm" : tpc_algo_name(algo), count, why ? why : "?");
   }
   TPC_TRACE(TPC_SUB_COLL, "all_reduce count=%zu dtype=%d algo=%s stream=%p%s", count, (int)dtype, tpc_algo_name(a),
-            (void*)stream, capturing ? " (capture)" : "");
-  return tpc_order_after(c, stream, capture_id);
+            (void*)stream, graph ? " (capture)" : "");
+  return TPC_SUCCESS;
 }
 
 tpc_status_t tpc_all_reduce_algo(const void* sendbuf, void* recvbuf, size_t count, tpc_dtype_t dtype, tpc_redop_t op,
@@ -205,8 +205,11 @@ tpc_status_t tpc_all_reduce_algo(const void* sendbuf, void* recvbuf, size_t coun
   int prev = -1;
   TPC_CUDA_CHECK_COMM(comm, cudaGetDevice(&prev));
   if (prev != comm->device) TPC_CUDA_CHECK_COMM(comm, cudaSetDevice(comm->device));
-  tpc_status_t st = check_placement(comm, sendbuf, recvbuf, stream);
-  if (st == TPC_SUCCESS) st = run(comm, sendbuf, recvbuf, count, dtype, algo, stream);
+  tpc_capture_t cap;
+  tpc_status_t st = check_placement(comm, sendbuf, recvbuf, stream, &cap);
+  if (st == TPC_SUCCESS) st = tpc_order_before(comm, stream, &cap);
+  if (st == TPC_SUCCESS) st = tpc_all_reduce_enqueue(comm, sendbuf, recvbuf, count, dtype, algo, cap.capturing, stream);
+  if (st == TPC_SUCCESS) st = tpc_order_after(comm, stream, &cap);
   if (prev != comm->device) cudaSetDevice(prev);
   return st;
 }

@@ -74,13 +74,25 @@ tpc_status_t tpc_comm_device_error(struct tpc_comm* comm);
 tpc_algo_t tpc_allreduce_choose(const struct tpc_comm* comm, size_t count, tpc_dtype_t dtype, int graph,
                                 tpc_algo_t forced, const char** why);
 
+/* A stream's capture state, read once per call (tpc_check_stream) and used by the ordering below. */
+typedef struct {
+  int capturing;         /* an active capture */
+  unsigned long long id; /* its id; 0 when not capturing */
+} tpc_capture_t;
+
 /* Shared by the collectives (allreduce.c): placement checks naming fn and the argument, and the ordering
- * of calls made from several streams (one operation in flight per communicator). */
+ * of calls made from several streams (one operation in flight per communicator). tpc_check_stream also
+ * reads the stream's capture state into *cap (an invalidated capture is TPC_ERR_INVALID_USAGE). */
 tpc_status_t tpc_check_device_buffer(struct tpc_comm* comm, const void* p, const char* fn, const char* name);
-tpc_status_t tpc_check_stream(struct tpc_comm* comm, cudaStream_t stream, const char* fn);
-tpc_status_t tpc_order_before(struct tpc_comm* comm, cudaStream_t stream, int* capturing,
-                              unsigned long long* capture_id);
-tpc_status_t tpc_order_after(struct tpc_comm* comm, cudaStream_t stream, unsigned long long capture_id);
+tpc_status_t tpc_check_stream(struct tpc_comm* comm, cudaStream_t stream, const char* fn, tpc_capture_t* cap);
+tpc_status_t tpc_order_before(struct tpc_comm* comm, cudaStream_t stream, const tpc_capture_t* cap);
+tpc_status_t tpc_order_after(struct tpc_comm* comm, cudaStream_t stream, const tpc_capture_t* cap);
+
+/* One all-reduce enqueued on stream, nothing checked or ordered: for callers that validated their
+ * arguments, set the device and called tpc_order_before themselves (tp_qknorm.c). algo: TPC_ALGO_AUTO or
+ * a forced one; graph: the stream is capturing. */
+tpc_status_t tpc_all_reduce_enqueue(struct tpc_comm* comm, const void* sendbuf, void* recvbuf, size_t count,
+                                    tpc_dtype_t dtype, tpc_algo_t algo, int graph, cudaStream_t stream);
 
 /* element size of a valid dtype */
 static inline size_t tpc_dtype_size(tpc_dtype_t d) { return d == TPC_FLOAT32 ? 4 : 2; }

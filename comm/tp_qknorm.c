@@ -2,10 +2,11 @@
  * and their launch (kernels/tp_qknorm.cu).
  *   fused:    custom transport, tokens <= TPCOMM_QKNORM_MAX_TOKENS (the norm slots of the arena); auto uses
  *             it up to TPCOMM_QKNORM_FUSED_MAX_TOKENS
- *   unfused:  partial kernel -> tpc_all_reduce_algo(auto or nccl) of [tokens][2] floats in comm->qk_scratch
- *             -> apply kernel, in chunks of TPCOMM_QKNORM_MAX_TOKENS tokens; world size 1 skips the
+ *   unfused:  partial kernel -> all-reduce (auto or nccl; allreduce.c's tpc_all_reduce_enqueue) of
+ *             [tokens][2] floats in comm->qk_scratch -> apply kernel, in chunks of TPCOMM_QKNORM_MAX_TOKENS tokens; world size 1 skips the
  *             all-reduce.
- * Relies on: allreduce.c's placement checks and stream ordering (one operation in flight). */
+ * Relies on: allreduce.c's placement checks, stream ordering (one operation in flight) and all-reduce
+ * dispatch. */
 #include <math.h>
 #include <stdint.h>
 
@@ -72,18 +73,18 @@ static tpc_status_t launch_error(struct tpc_comm* c, cudaError_t e, const char* 
   return tpc_error(c, TPC_ERR_CUDA, "%s: %s kernel launch failed: %s", k_fn, what, cudaGetErrorString(e));
 }
 
-static tpc_status_t run_fused(struct tpc_comm* c, const tpc_qk_problem_t* p, cudaStream_t stream, int pdl) {
-  int capturing;
-  unsigned long long capture_id;
-  TPC_CHECK(tpc_order_before(c, stream, &capturing, &capture_id));
+static tpc_status_t run_fused(struct tpc_comm* c, const tpc_qk_problem_t* p, const tpc_capture_t* cap,
+                              cudaStream_t stream, int pdl) {
+  TPC_CHECK(tpc_order_before(c, stream, cap));
   TPC_CHECK(launch_error(c, tpc_qk_launch_fused(&c->arena->args, p, pdl, stream), "fused"));
-  return tpc_order_after(c, stream, capture_id);
+  return tpc_order_after(c, stream, cap);
 }
 
-static tpc_status_t run_unfused(struct tpc_comm* c, tpc_qk_problem_t p, tpc_algo_t algo, cudaStream_t stream, int pdl) {
-  int capturing;
-  unsigned long long capture_id;
-  TPC_CHECK(tpc_order_before(c, stream, &capturing, &capture_id)); /* the scratch buffer is shared */
+/* The all-reduce of each chunk is enqueued directly (tpc_all_reduce_enqueue): its arguments (the
+ * communicator's scratch buffer, the stream) were checked once, and the whole call is ordered once. */
+static tpc_status_t run_unfused(struct tpc_comm* c, tpc_qk_problem_t p, tpc_algo_t algo, const tpc_capture_t* cap,
+                                cudaStream_t stream, int pdl) {
+  TPC_CHECK(tpc_order_before(c, stream, cap)); /* the scratch buffer is shared */
   const size_t esize = 2;
   const int64_t total = p.tokens;
   for (int64_t t0 = 0; t0 < total; t0 += c->qknorm_max_tokens) {
@@ -93,11 +94,11 @@ static tpc_status_t run_unfused(struct tpc_comm* c, tpc_qk_problem_t p, tpc_algo
     chunk.k = (char*)p.k + (size_t)t0 * (size_t)p.k_stride * esize;
     TPC_CHECK(launch_error(c, tpc_qk_launch_partial(&chunk, c->qk_scratch, pdl, stream), "partial-sum"));
     if (c->nranks > 1)
-      TPC_CHECK(tpc_all_reduce_algo(c->qk_scratch, c->qk_scratch, (size_t)chunk.tokens * 2, TPC_FLOAT32, TPC_SUM, algo,
-                                    c, stream));
+      TPC_CHECK(tpc_all_reduce_enqueue(c, c->qk_scratch, c->qk_scratch, (size_t)chunk.tokens * 2, TPC_FLOAT32, algo,
+                                       cap->capturing, stream));
     TPC_CHECK(launch_error(c, tpc_qk_launch_apply(&chunk, c->qk_scratch, pdl, stream), "apply"));
   }
-  return tpc_order_after(c, stream, capture_id);
+  return tpc_order_after(c, stream, cap);
 }
 
 /* auto: fused where the arena can exchange the tokens and measurements say it wins (docs/benchmarks.md,
@@ -146,14 +147,15 @@ tpc_status_t tpc_tp_qk_rmsnorm_path(tpc_comm_t comm, void* q, void* k, const voi
   const char* names[] = {"q", "k", "q_weight", "k_weight"};
   const void* ptrs[] = {q, k, q_weight, k_weight};
   for (int i = 0; i < 4 && st == TPC_SUCCESS; i++) st = tpc_check_device_buffer(comm, ptrs[i], k_fn, names[i]);
-  if (st == TPC_SUCCESS) st = tpc_check_stream(comm, stream, k_fn);
+  tpc_capture_t cap;
+  if (st == TPC_SUCCESS) st = tpc_check_stream(comm, stream, k_fn, &cap);
   if (st == TPC_SUCCESS) {
     const tpc_qk_problem_t p = {q, k, q_weight, k_weight, num_tokens, (int)(q_dim_local / 8), (int)(k_dim_local / 8),
                                 q_stride, k_stride, eps, (float)(q_dim_local * comm->nranks),
                                 (float)(k_dim_local * comm->nranks), dtype == TPC_BFLOAT16 ? 0 : 1};
     const int pdl = comm->pdl;
-    if (path == TPC_QKNORM_FUSED) st = run_fused(comm, &p, stream, pdl);
-    else st = run_unfused(comm, p, path == TPC_QKNORM_UNFUSED_NCCL ? TPC_ALGO_NCCL : TPC_ALGO_AUTO, stream, pdl);
+    if (path == TPC_QKNORM_FUSED) st = run_fused(comm, &p, &cap, stream, pdl);
+    else st = run_unfused(comm, p, path == TPC_QKNORM_UNFUSED_NCCL ? TPC_ALGO_NCCL : TPC_ALGO_AUTO, &cap, stream, pdl);
   }
   if (prev != comm->device) cudaSetDevice(prev);
   return st;
