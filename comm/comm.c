@@ -1,6 +1,7 @@
 /* comm.c — communicator lifecycle: the three bootstraps (unique id, caller all-gather, environment),
  * the common build (peer info -> topology probe -> IPC arena and trial -> transport decision -> NCCL),
- * queries, async errors, abort and destroy.
+ * the device choice of launched ranks (tpc_select_device, also used by tpcomm_mpi.c), queries, async
+ * errors, abort and destroy.
  *
  * Relies on: every rank making the same sequence of bootstrap all-gathers, and every decision being
  * computed from all-gathered data only, so all ranks reach the same transport without extra agreement.
@@ -114,15 +115,37 @@ static tpc_status_t resolve_params(struct tpc_comm* c, const tpc_config_t* cfg) 
 
 /* ---- the common build --------------------------------------------------------------------------- */
 
-static tpc_status_t check_device(int* device) {
-  int count = 0;
-  cudaError_t e = cudaGetDeviceCount(&count);
-  if (e != cudaSuccess || count == 0) {
+/* The number of visible GPUs; TPC_ERR_NO_DEVICE (with CUDA's reason) when there is none. fn prefixes the
+ * message when not NULL. */
+static tpc_status_t gpu_count(const char* fn, int* count) {
+  *count = 0;
+  cudaError_t e = cudaGetDeviceCount(count);
+  if (e != cudaSuccess || *count == 0) {
     cudaGetLastError();
-    return tpc_error(NULL, TPC_ERR_NO_DEVICE, "no CUDA GPU is visible (%s)",
+    return tpc_error(NULL, TPC_ERR_NO_DEVICE, "%s%sno CUDA GPU is visible (%s)", fn ? fn : "", fn ? ": " : "",
                      e != cudaSuccess ? cudaGetErrorString(e) : "cudaGetDeviceCount returned 0");
   }
+  return TPC_SUCCESS;
+}
+
+static tpc_status_t check_device(int* device) {
+  int count;
+  TPC_CHECK(gpu_count(NULL, &count));
   TPC_CUDA_CHECK(cudaGetDevice(device));
+  return TPC_SUCCESS;
+}
+
+tpc_status_t tpc_select_device(const char* fn, int64_t local_rank, int* device) {
+  int count;
+  TPC_CHECK(gpu_count(fn, &count));
+  int64_t dev;
+  TPC_CHECK(tpc_param_resolve(TPC_P_DEVICE, TPC_CONFIG_UNDEF, &dev));
+  if (dev < 0) dev = local_rank % count;
+  if (dev >= count)
+    return tpc_error(NULL, TPC_ERR_INVALID_ARGUMENT, "%s: TPCOMM_DEVICE=%lld but only %d CUDA device(s) are visible",
+                     fn, (long long)dev, count);
+  TPC_CUDA_CHECK(cudaSetDevice((int)dev));
+  if (device) *device = (int)dev;
   return TPC_SUCCESS;
 }
 
@@ -313,18 +336,7 @@ tpc_status_t tpc_comm_init_env(tpc_comm_t* comm, const tpc_config_t* config) {
     return tpc_error(NULL, TPC_ERR_INVALID_USAGE, "%s: TPCOMM_UNIQUE_ID is not set (start the program with tpcomm-run)", fn);
   tpc_unique_id_t id;
   TPC_CHECK(tpc_unique_id_from_string(hex, &id));
-  int count = 0;
-  if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
-    cudaGetLastError();
-    return tpc_error(NULL, TPC_ERR_NO_DEVICE, "%s: no CUDA GPU is visible", fn);
-  }
-  int64_t dev;
-  TPC_CHECK(tpc_param_resolve(TPC_P_DEVICE, TPC_CONFIG_UNDEF, &dev));
-  if (dev < 0) dev = local % count;
-  if (dev >= count)
-    return tpc_error(NULL, TPC_ERR_INVALID_ARGUMENT, "%s: TPCOMM_DEVICE=%lld but only %d GPUs are visible", fn,
-                     (long long)dev, count);
-  TPC_CUDA_CHECK(cudaSetDevice((int)dev));
+  TPC_CHECK(tpc_select_device(fn, local, NULL));
   return tpc_comm_init_rank(comm, (int)size, id, (int)rank, config);
 }
 

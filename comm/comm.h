@@ -56,6 +56,11 @@ struct tpc_comm {
   tpc_status_t async_error;
 };
 
+/* Sets the CUDA device of a rank started by a launcher (tpc_comm_init_env, tpc_comm_init_mpi): TPCOMM_DEVICE
+ * if set, else local_rank modulo the number of visible GPUs; *device (may be NULL) gets it. fn names the
+ * caller in messages. TPC_ERR_NO_DEVICE without a GPU. */
+tpc_status_t tpc_select_device(const char* fn, int64_t local_rank, int* device);
+
 /* Validates a handle: TPC_ERR_INVALID_ARGUMENT for NULL, TPC_ERR_INVALID_USAGE for destroyed or foreign. */
 tpc_status_t tpc_comm_check(const struct tpc_comm* comm, const char* fn);
 

@@ -3,8 +3,9 @@
  *
  * Relies on: an initialised MPI (checked, never initialised here) and the caller's communicator for
  * MPI_Bcast / MPI_Allreduce / MPI_Comm_split_type; Open MPI's OMPI_COMM_WORLD_LOCAL_RANK when the
- * communicator is MPI_COMM_WORLD; the CUDA runtime to pick the device; libtpcomm for the unique id
- * (tpc_get_unique_id), TPCOMM_DEVICE (param.h) and tpc_comm_init_rank.
+ * communicator is MPI_COMM_WORLD; libtpcomm for the unique id (tpc_get_unique_id), the device
+ * (tpc_select_device in comm.c, shared with tpc_comm_init_env: TPCOMM_DEVICE, else the local rank) and
+ * tpc_comm_init_rank.
  *
  * These calls are collective, and a rank that fails on its own (bad argument, no GPU, rank 0 unable to
  * make the id) never leaves the others blocked in MPI: every rank still takes part in the same MPI calls,
@@ -21,12 +22,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <cuda_runtime_api.h>
 
 #include "bootstrap.h"
 #include "checks.h"
+#include "comm.h"
 #include "debug.h"
-#include "param.h"
 
 static tpc_status_t mpi_failed(const char* fn, const char* call, int rc) {
   char s[MPI_MAX_ERROR_STRING];
@@ -119,33 +119,6 @@ tpc_status_t tpc_mpi_local_rank(MPI_Comm mpi_comm, int* local_rank) {
   return TPC_SUCCESS;
 }
 
-/* TPCOMM_DEVICE if set, else local_rank modulo the number of visible devices; then cudaSetDevice. */
-static tpc_status_t select_device(const char* fn, int local_rank, int* device) {
-  int64_t forced = -1;
-  TPC_CHECK(tpc_param_resolve(TPC_P_DEVICE, TPC_CONFIG_UNDEF, &forced));
-  int count = 0;
-  cudaError_t e = cudaGetDeviceCount(&count);
-  if (e != cudaSuccess) {
-    (void)cudaGetLastError();
-    return tpc_error(NULL,
-                     (e == cudaErrorNoDevice || e == cudaErrorInsufficientDriver) ? TPC_ERR_NO_DEVICE : TPC_ERR_CUDA,
-                     "%s: cudaGetDeviceCount failed: %s", fn, cudaGetErrorString(e));
-  }
-  if (count <= 0) return tpc_error(NULL, TPC_ERR_NO_DEVICE, "%s: no CUDA device is visible", fn);
-  int dev;
-  if (forced >= 0) {
-    if (forced >= count)
-      return tpc_error(NULL, TPC_ERR_INVALID_ARGUMENT, "%s: TPCOMM_DEVICE=%lld but only %d CUDA device(s) are visible",
-                       fn, (long long)forced, count);
-    dev = (int)forced;
-  } else {
-    dev = local_rank % count;
-  }
-  TPC_CUDA_CHECK(cudaSetDevice(dev));
-  *device = dev;
-  return TPC_SUCCESS;
-}
-
 tpc_status_t tpc_comm_init_mpi(tpc_comm_t* comm, MPI_Comm mpi_comm, const tpc_config_t* config) {
   static const char fn[] = "tpc_comm_init_mpi";
   TPC_CHECK(check_mpi(fn, mpi_comm));
@@ -160,7 +133,7 @@ tpc_status_t tpc_comm_init_mpi(tpc_comm_t* comm, MPI_Comm mpi_comm, const tpc_co
   int local = -1, device = -1;
   tpc_status_t lst = tpc_mpi_local_rank(mpi_comm, &local); /* collective on the split path */
   if (st == TPC_SUCCESS) st = lst;
-  if (st == TPC_SUCCESS) st = select_device(fn, local, &device);
+  if (st == TPC_SUCCESS) st = tpc_select_device(fn, local, &device);
 
   int mine = (int)st, worst = 0;
   MPI_TRY(fn, MPI_Allreduce(&mine, &worst, 1, MPI_INT, MPI_MAX, mpi_comm));
