@@ -25,20 +25,36 @@ typedef struct {
   uint64_t bytes;
 } arena_header_t;
 
+/* Where each region of an arena starts (the same on every rank: nranks and the sizes are agreed). */
+typedef struct {
+  size_t push_off, push_bytes; /* one-shot slots: 2 x nranks x push_slot */
+  size_t pull_off;             /* two-shot buffer: pull bytes */
+  size_t norm_off, norm_bytes; /* QK-norm slots: 2 x nranks x max tokens x 8 */
+  size_t bytes;                /* the whole arena */
+} arena_layout_t;
+
+static arena_layout_t arena_layout(int nranks, size_t push_slot, size_t pull, uint64_t norm_max_tokens) {
+  arena_layout_t l;
+  l.push_off = TPC_AR_HEADER_BYTES + TPC_AR_SEM_BYTES;
+  l.push_bytes = 2 * (size_t)nranks * push_slot;
+  l.pull_off = l.push_off + l.push_bytes;
+  l.norm_off = l.pull_off + pull;
+  l.norm_bytes = 2 * (size_t)nranks * (size_t)norm_max_tokens * 8;
+  l.bytes = l.norm_off + l.norm_bytes;
+  return l;
+}
+
 static size_t align_up(size_t x, size_t a) { return (x + a - 1) / a * a; }
 
 /* Local allocation; returns non-success with a logged reason (not fatal for the job). */
 static tpc_status_t arena_alloc(struct tpc_comm* comm, struct tpc_arena* ar, size_t push_slot, size_t pull) {
   const int n = comm->nranks;
-  const size_t push_off = TPC_AR_HEADER_BYTES + TPC_AR_SEM_BYTES;
-  const size_t pull_off = push_off + 2 * (size_t)n * push_slot;
-  const size_t norm_off = pull_off + pull;
-  const size_t norm_bytes = 2 * (size_t)n * (size_t)comm->qknorm_max_tokens * 8;
-  ar->bytes = norm_off + norm_bytes;
+  const arena_layout_t l = arena_layout(n, push_slot, pull, (uint64_t)comm->qknorm_max_tokens);
+  ar->bytes = l.bytes;
   TPC_CUDA_CHECK_COMM(comm, cudaMalloc((void**)&ar->base, ar->bytes));
-  TPC_CUDA_CHECK_COMM(comm, cudaMemset(ar->base, 0, push_off));
-  TPC_CUDA_CHECK_COMM(comm, tpc_ar_clear_push(ar->base + push_off, 2 * (size_t)n * push_slot, 0));
-  TPC_CUDA_CHECK_COMM(comm, tpc_ar_clear_push(ar->base + norm_off, norm_bytes, 0));
+  TPC_CUDA_CHECK_COMM(comm, cudaMemset(ar->base, 0, l.push_off));
+  TPC_CUDA_CHECK_COMM(comm, tpc_ar_clear_push(ar->base + l.push_off, l.push_bytes, 0));
+  TPC_CUDA_CHECK_COMM(comm, tpc_ar_clear_push(ar->base + l.norm_off, l.norm_bytes, 0));
   arena_header_t hdr = {ARENA_MAGIC, comm->rank, ar->bytes};
   TPC_CUDA_CHECK_COMM(comm, cudaMemcpy(ar->base, &hdr, sizeof hdr, cudaMemcpyHostToDevice));
   TPC_CUDA_CHECK_COMM(comm, cudaMalloc((void**)&ar->local, sizeof(tpc_ar_local_t)));
@@ -61,17 +77,18 @@ static tpc_status_t arena_alloc(struct tpc_comm* comm, struct tpc_arena* ar, siz
   a->nranks = n;
   a->max_threads = 512;
   TPC_INFO(TPC_SUB_ALLOC, "arena %zu bytes: push 2 x %d x %zu, pull %zu, norm %zu", ar->bytes, n, push_slot, pull,
-           norm_bytes);
+           l.norm_bytes);
   return TPC_SUCCESS;
 }
 
-static void set_peer_pointers(struct tpc_arena* ar, int p, char* base, size_t push_slot, int n) {
-  const size_t push_off = TPC_AR_HEADER_BYTES + TPC_AR_SEM_BYTES;
+/* Peer p's regions, at the offsets of arena_layout (ar->args holds the sizes). */
+static void set_peer_pointers(struct tpc_arena* ar, int p, char* base, int n) {
+  const arena_layout_t l = arena_layout(n, ar->args.push_slot_bytes, ar->args.pull_bytes, ar->args.norm_max_tokens);
   ar->peer_base[p] = base;
   ar->args.sems[p] = (uint32_t*)(base + TPC_AR_HEADER_BYTES);
-  ar->args.push[p] = base + push_off;
-  ar->args.pull[p] = base + push_off + 2 * (size_t)n * push_slot;
-  ar->args.norm[p] = (char*)ar->args.pull[p] + ar->args.pull_bytes;
+  ar->args.push[p] = base + l.push_off;
+  ar->args.pull[p] = base + l.pull_off;
+  ar->args.norm[p] = base + l.norm_off;
 }
 
 /* Opens peer p's arena and reads its header back: YES only when the bytes are what p wrote. */
@@ -96,7 +113,7 @@ static uint8_t open_peer(struct tpc_comm* comm, struct tpc_arena* ar, int p, con
              e != cudaSuccess ? cudaGetErrorString(e) : "header mismatch");
     return TPC_TRI_NO;
   }
-  set_peer_pointers(ar, p, ptr, ar->args.push_slot_bytes, comm->nranks);
+  set_peer_pointers(ar, p, ptr, comm->nranks);
   return TPC_TRI_YES;
 }
 
@@ -130,7 +147,7 @@ tpc_status_t tpc_arena_create(struct tpc_comm* comm, tpc_bootstrap_t* bs, struct
   for (int p = 0; p < n; p++) {
     if (p == comm->rank) {
       ipc_row[p] = mine.ok ? TPC_TRI_YES : TPC_TRI_NO;
-      if (mine.ok) set_peer_pointers(ar, p, ar->base, push_slot, n);
+      if (mine.ok) set_peer_pointers(ar, p, ar->base, n);
       continue;
     }
     ipc_row[p] = mine.ok ? open_peer(comm, ar, p, &all[p]) : TPC_TRI_NO;
