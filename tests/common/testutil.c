@@ -10,6 +10,7 @@
 #include <math.h>
 #include <poll.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -100,6 +101,35 @@ int tpc_test_launch_workers(const char* launcher, const char* bin_dir, int nrank
   *clean = reports == nranks && !failed;
   free(out);
   return rc;
+}
+
+static int g_worker_rank, g_worker_pass, g_worker_fail;
+
+void tpc_test_worker_set_rank(int rank) { g_worker_rank = rank; }
+
+void tpc_test_report(int ok, const char* fmt, ...) {
+  if (ok) {
+    g_worker_pass++;
+    return;
+  }
+  g_worker_fail++;
+  va_list ap;
+  va_start(ap, fmt);
+  fprintf(stderr, "rank %d: FAIL ", g_worker_rank);
+  vfprintf(stderr, fmt, ap);
+  fputc('\n', stderr);
+  va_end(ap);
+}
+
+int tpc_test_worker_summary(void) {
+  printf("rank %d: %d passed, %d failed\n", g_worker_rank, g_worker_pass, g_worker_fail);
+  fflush(stdout);
+  return g_worker_fail ? 1 : 0;
+}
+
+void tpc_test_worker_cuda_fail(int err, const char* call, const char* file, int line) {
+  fprintf(stderr, "rank %d: %s:%d %s: %s\n", g_worker_rank, file, line, call, cudaGetErrorString((cudaError_t)err));
+  exit(3);
 }
 
 void tpc_test_fill_random(float* x, size_t n, uint64_t seed) {

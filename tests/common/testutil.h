@@ -1,5 +1,6 @@
 /* testutil.h — helpers shared by the Criterion suites: GPU presence (for skipping), random data,
- * bf16/fp16 conversions, and running a command with its output captured. No Criterion inside. */
+ * bf16/fp16 conversions, and running a command with its output captured; and the result report of the GPU
+ * test workers (ar_worker.c, qk_worker.c in tests/gpu). No Criterion inside. */
 #ifndef TPCOMM_TESTUTIL_H
 #define TPCOMM_TESTUTIL_H
 
@@ -19,6 +20,22 @@ int tpc_test_run(char* const argv[], char* const env[], char** out, int timeout_
  * nranks "N passed, 0 failed" reports came back and none reported a failure. */
 int tpc_test_launch_workers(const char* launcher, const char* bin_dir, int nranks, const char* launcher_extra,
                             const char* worker, const char* worker_args, char* const env[], int timeout_s, int* clean);
+
+/* GPU test workers: the tally of checks and the one line per rank that tpc_test_launch_workers reads.
+ * tpc_test_worker_set_rank: the rank every message names (0 until set). tpc_test_report: counts a check;
+ * a failed one is printed as "rank R: FAIL <message>" on stderr. tpc_test_worker_summary: prints
+ * "rank R: N passed, M failed" on stdout and returns the worker's exit status (1 on any failure).
+ * TPC_TEST_CK(call): a CUDA runtime call that must succeed, else "rank R: file:line call: error" on
+ * stderr and exit 3. */
+void tpc_test_worker_set_rank(int rank);
+void tpc_test_report(int ok, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
+int tpc_test_worker_summary(void);
+void tpc_test_worker_cuda_fail(int err, const char* call, const char* file, int line) __attribute__((noreturn));
+#define TPC_TEST_CK(x)                                                           \
+  do {                                                                           \
+    int tpc_test_ck_ = (int)(x);                                                 \
+    if (tpc_test_ck_ != 0) tpc_test_worker_cuda_fail(tpc_test_ck_, #x, __FILE__, __LINE__); \
+  } while (0)
 
 /* xorshift random numbers in [-1, 1) from a seed */
 void tpc_test_fill_random(float* x, size_t n, uint64_t seed);

@@ -7,12 +7,11 @@
  *   streams           calls alternating between two streams on one communicator
  *   timeout           rank 1 never calls; rank 0 must get TPC_ERR_TIMEOUT naming peer 1, not hang
  *   basic             NCCL-path / local sanity for a few sizes (world size 1 too)
- * Prints "rank R: N passed, M failed" and exits non-zero on any failure. Inputs are fresh random
- * values (never zeros); outputs are poisoned before every run. */
+ * Prints "rank R: N passed, M failed" (testutil's worker report) and exits non-zero on any failure.
+ * Inputs are fresh random values (never zeros); outputs are poisoned before every run. */
 #define _GNU_SOURCE
 #include <cuda_runtime_api.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,16 +25,8 @@
 #include "tpcomm/tpcomm_mpi.h"
 #endif
 
-static int g_rank, g_size, g_pass, g_fail;
+static int g_rank, g_size;
 
-#define CK(x)                                                                                             \
-  do {                                                                                                    \
-    cudaError_t e_ = (x);                                                                                 \
-    if (e_ != cudaSuccess) {                                                                              \
-      fprintf(stderr, "rank %d: %s:%d %s: %s\n", g_rank, __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
-      exit(3);                                                                                            \
-    }                                                                                                     \
-  } while (0)
 #define TK(comm, x)                                                                                                 \
   do {                                                                                                              \
     tpc_status_t s_ = (x);                                                                                          \
@@ -50,16 +41,16 @@ static int g_rank, g_size, g_pass, g_fail;
  * all-reduce reads the buffer). */
 static cudaStream_t g_stream;
 static void h2d(void* dst, const void* src, size_t n) {
-  CK(cudaMemcpyAsync(dst, src, n, cudaMemcpyHostToDevice, g_stream));
-  CK(cudaStreamSynchronize(g_stream));
+  TPC_TEST_CK(cudaMemcpyAsync(dst, src, n, cudaMemcpyHostToDevice, g_stream));
+  TPC_TEST_CK(cudaStreamSynchronize(g_stream));
 }
 static void d2h(void* dst, const void* src, size_t n) {
-  CK(cudaMemcpyAsync(dst, src, n, cudaMemcpyDeviceToHost, g_stream));
-  CK(cudaStreamSynchronize(g_stream));
+  TPC_TEST_CK(cudaMemcpyAsync(dst, src, n, cudaMemcpyDeviceToHost, g_stream));
+  TPC_TEST_CK(cudaStreamSynchronize(g_stream));
 }
 static void poison(void* dst, size_t n) {
-  CK(cudaMemsetAsync(dst, 0x7f, n, g_stream));
-  CK(cudaStreamSynchronize(g_stream));
+  TPC_TEST_CK(cudaMemsetAsync(dst, 0x7f, n, g_stream));
+  TPC_TEST_CK(cudaStreamSynchronize(g_stream));
 }
 
 static size_t esize(tpc_dtype_t d) { return d == TPC_FLOAT32 ? 4 : 2; }
@@ -119,21 +110,6 @@ static size_t count_wrong(ctx_t* c, tpc_dtype_t d, size_t count, int exact, size
   return wrong;
 }
 
-static void report(int ok, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
-static void report(int ok, const char* fmt, ...) {
-  if (ok) {
-    g_pass++;
-    return;
-  }
-  g_fail++;
-  va_list ap;
-  va_start(ap, fmt);
-  fprintf(stderr, "rank %d: FAIL ", g_rank);
-  vfprintf(stderr, fmt, ap);
-  fputc('\n', stderr);
-  va_end(ap);
-}
-
 /* One case: fresh input, poisoned output, one call (eager, or a captured graph replayed once). */
 static void run_case(ctx_t* c, tpc_dtype_t d, tpc_algo_t algo, size_t count, int inplace, int graph, size_t offset,
                      uint64_t seed) {
@@ -146,33 +122,33 @@ static void run_case(ctx_t* c, tpc_dtype_t d, tpc_algo_t algo, size_t count, int
   if (graph) {
     cudaGraph_t g;
     cudaGraphExec_t ge;
-    CK(cudaStreamBeginCapture(c->stream, cudaStreamCaptureModeThreadLocal));
+    TPC_TEST_CK(cudaStreamBeginCapture(c->stream, cudaStreamCaptureModeThreadLocal));
     tpc_status_t s = tpc_all_reduce_algo(send, recv, count, d, TPC_SUM, algo, c->comm, c->stream);
-    CK(cudaStreamEndCapture(c->stream, &g));
+    TPC_TEST_CK(cudaStreamEndCapture(c->stream, &g));
     if (s != TPC_SUCCESS) {
-      report(0, "%s %s count=%zu graph capture: %s", dname(d), tpc_algo_name(algo), count, tpc_get_last_error(c->comm));
+      tpc_test_report(0, "%s %s count=%zu graph capture: %s", dname(d), tpc_algo_name(algo), count, tpc_get_last_error(c->comm));
       cudaGraphDestroy(g);
       return;
     }
-    CK(cudaGraphInstantiate(&ge, g, 0));
-    CK(cudaGraphLaunch(ge, c->stream));
-    CK(cudaStreamSynchronize(c->stream));
-    CK(cudaGraphExecDestroy(ge));
-    CK(cudaGraphDestroy(g));
+    TPC_TEST_CK(cudaGraphInstantiate(&ge, g, 0));
+    TPC_TEST_CK(cudaGraphLaunch(ge, c->stream));
+    TPC_TEST_CK(cudaStreamSynchronize(c->stream));
+    TPC_TEST_CK(cudaGraphExecDestroy(ge));
+    TPC_TEST_CK(cudaGraphDestroy(g));
   } else {
     tpc_status_t s = tpc_all_reduce_algo(send, recv, count, d, TPC_SUM, algo, c->comm, c->stream);
     if (s != TPC_SUCCESS) {
-      report(0, "%s %s count=%zu: %s", dname(d), tpc_algo_name(algo), count, tpc_get_last_error(c->comm));
+      tpc_test_report(0, "%s %s count=%zu: %s", dname(d), tpc_algo_name(algo), count, tpc_get_last_error(c->comm));
       return;
     }
-    CK(cudaStreamSynchronize(c->stream));
+    TPC_TEST_CK(cudaStreamSynchronize(c->stream));
   }
   d2h(c->hout, recv, bytes);
   reference(c, d, count, seed);
   size_t first = 0;
   const int exact = algo != TPC_ALGO_NCCL;
   size_t wrong = count_wrong(c, d, count, exact, &first);
-  report(wrong == 0, "%s %s count=%zu %s %s offset=%zu: %zu wrong, first at %zu (got %g want %g)", dname(d),
+  tpc_test_report(wrong == 0, "%s %s count=%zu %s %s offset=%zu: %zu wrong, first at %zu (got %g want %g)", dname(d),
          tpc_algo_name(algo), count, inplace ? "in-place" : "out-of-place", graph ? "graph" : "eager", offset, wrong,
          first, wrong ? to_f(d, c->hout, first) : 0.0, wrong ? to_f(d, c->href, first) : 0.0);
   if (!inplace) { /* nothing past the end was written */
@@ -180,14 +156,14 @@ static void run_case(ctx_t* c, tpc_dtype_t d, tpc_algo_t algo, size_t count, int
     d2h(tail, recv + bytes, sizeof tail);
     int clean = 1;
     for (int i = 0; i < 16; i++) clean &= tail[i] == 0x7f;
-    report(clean, "%s %s count=%zu wrote past the end of recvbuf", dname(d), tpc_algo_name(algo), count);
+    tpc_test_report(clean, "%s %s count=%zu wrote past the end of recvbuf", dname(d), tpc_algo_name(algo), count);
   }
 }
 
 static int algo_available(ctx_t* c, tpc_algo_t algo, size_t count, tpc_dtype_t d) {
   /* probe with a harmless call: UNSUPPORTED means this algorithm cannot serve the size here */
   tpc_status_t s = tpc_all_reduce_algo(c->dsend, c->drecv, count, d, TPC_SUM, algo, c->comm, c->stream);
-  CK(cudaStreamSynchronize(c->stream));
+  TPC_TEST_CK(cudaStreamSynchronize(c->stream));
   if (s == TPC_ERR_UNSUPPORTED) return 0;
   TK(c->comm, s);
   return 1;
@@ -243,33 +219,33 @@ static void mode_replay(ctx_t* c, int replays) {
   poison(c->drecv, total);
   cudaGraph_t g;
   cudaGraphExec_t ge;
-  CK(cudaStreamBeginCapture(c->stream, cudaStreamCaptureModeThreadLocal));
+  TPC_TEST_CK(cudaStreamBeginCapture(c->stream, cudaStreamCaptureModeThreadLocal));
   for (int i = 0; i < 4; i++)
     TK(c->comm, tpc_all_reduce_algo(c->dsend + off[i], c->drecv + off[i], counts[i], d, TPC_SUM, algos[i], c->comm,
                                     c->stream));
-  CK(cudaStreamEndCapture(c->stream, &g));
-  CK(cudaGraphInstantiate(&ge, g, 0));
-  for (int r = 0; r < replays; r++) CK(cudaGraphLaunch(ge, c->stream));
-  CK(cudaStreamSynchronize(c->stream));
+  TPC_TEST_CK(cudaStreamEndCapture(c->stream, &g));
+  TPC_TEST_CK(cudaGraphInstantiate(&ge, g, 0));
+  for (int r = 0; r < replays; r++) TPC_TEST_CK(cudaGraphLaunch(ge, c->stream));
+  TPC_TEST_CK(cudaStreamSynchronize(c->stream));
   tpc_status_t async = TPC_SUCCESS;
   TK(c->comm, tpc_comm_get_async_error(c->comm, &async));
-  report(async == TPC_SUCCESS, "replay: async error %s", tpc_get_last_error(c->comm));
+  tpc_test_report(async == TPC_SUCCESS, "replay: async error %s", tpc_get_last_error(c->comm));
   for (int i = 0; i < 4; i++) {
     d2h(c->hout, c->drecv + off[i], counts[i] * 2);
     reference(c, d, counts[i], 1000 + i);
     size_t first = 0, wrong = count_wrong(c, d, counts[i], 1, &first);
-    report(wrong == 0, "replay x%d call %d (count=%zu, %s): %zu wrong, first at %zu", replays, i, counts[i],
+    tpc_test_report(wrong == 0, "replay x%d call %d (count=%zu, %s): %zu wrong, first at %zu", replays, i, counts[i],
            tpc_algo_name(algos[i]), wrong, first);
   }
-  CK(cudaGraphExecDestroy(ge));
-  CK(cudaGraphDestroy(g));
+  TPC_TEST_CK(cudaGraphExecDestroy(ge));
+  TPC_TEST_CK(cudaGraphDestroy(g));
   free(hin);
 }
 
 /* Back-to-back eager calls alternating between two streams and sizes. */
 static void mode_streams(ctx_t* c) {
   cudaStream_t s2;
-  CK(cudaStreamCreateWithFlags(&s2, cudaStreamNonBlocking));
+  TPC_TEST_CK(cudaStreamCreateWithFlags(&s2, cudaStreamNonBlocking));
   const tpc_dtype_t d = TPC_FLOAT16;
   const size_t counts[2] = {777, 123457};
   void* hin = malloc(counts[1] * 2);
@@ -282,14 +258,14 @@ static void mode_streams(ctx_t* c) {
     TK(c->comm, tpc_all_reduce(c->dsend + k * (1 << 20), c->drecv + k * (1 << 20), counts[k], d, TPC_SUM, c->comm,
                                k ? s2 : c->stream));
   }
-  CK(cudaDeviceSynchronize());
+  TPC_TEST_CK(cudaDeviceSynchronize());
   for (int k = 0; k < 2; k++) {
     d2h(c->hout, c->drecv + k * (1 << 20), counts[k] * 2);
     reference(c, d, counts[k], 77 + k);
     size_t first = 0, wrong = count_wrong(c, d, counts[k], 0, &first);
-    report(wrong == 0, "two streams, count=%zu: %zu wrong", counts[k], wrong);
+    tpc_test_report(wrong == 0, "two streams, count=%zu: %zu wrong", counts[k], wrong);
   }
-  CK(cudaStreamDestroy(s2));
+  TPC_TEST_CK(cudaStreamDestroy(s2));
   free(hin);
 }
 
@@ -305,14 +281,14 @@ static void mode_timeout(ctx_t* c) {
     if (g_rank == 0) {
       TK(c->comm, tpc_all_reduce_algo(c->dsend, c->drecv, 1000, TPC_BFLOAT16, TPC_SUM, (tpc_algo_t)algo, c->comm,
                                       c->stream));
-      CK(cudaStreamSynchronize(c->stream)); /* returns: the kernel gave up */
+      TPC_TEST_CK(cudaStreamSynchronize(c->stream)); /* returns: the kernel gave up */
       tpc_status_t async = TPC_SUCCESS;
       TK(c->comm, tpc_comm_get_async_error(c->comm, &async));
       const char* msg = tpc_get_last_error(c->comm);
-      report(async == TPC_ERR_TIMEOUT && strstr(msg, "peer 1") != NULL, "timeout (%s): async=%d msg=%s",
+      tpc_test_report(async == TPC_ERR_TIMEOUT && strstr(msg, "peer 1") != NULL, "timeout (%s): async=%d msg=%s",
              tpc_algo_name((tpc_algo_t)algo), (int)async, msg);
       tpc_status_t again = tpc_all_reduce(c->dsend, c->drecv, 1000, TPC_BFLOAT16, TPC_SUM, c->comm, c->stream);
-      report(again == TPC_ERR_TIMEOUT, "a call after the timeout returned %d, want TPC_ERR_TIMEOUT", (int)again);
+      tpc_test_report(again == TPC_ERR_TIMEOUT, "a call after the timeout returned %d, want TPC_ERR_TIMEOUT", (int)again);
       break; /* the communicator is unusable after a timeout */
     }
   }
@@ -345,16 +321,17 @@ int main(int argc, char** argv) {
 #endif
   if (!mpi) TK(NULL, tpc_comm_init_env(&c.comm, NULL));
   TK(c.comm, tpc_comm_rank(c.comm, &g_rank));
+  tpc_test_worker_set_rank(g_rank);
   TK(c.comm, tpc_comm_size(c.comm, &g_size));
   const char* reason = "";
   tpc_transport_t t;
   TK(c.comm, tpc_comm_transport(c.comm, &t, &reason));
   if (g_rank == 0) printf("# %d ranks, transport: %s\n", g_size, reason);
   c.max_count = (64u << 20) / 2 + 64;
-  CK(cudaStreamCreateWithFlags(&c.stream, cudaStreamNonBlocking));
+  TPC_TEST_CK(cudaStreamCreateWithFlags(&c.stream, cudaStreamNonBlocking));
   g_stream = c.stream;
-  CK(cudaMalloc((void**)&c.dsend, (64u << 20) + 256));
-  CK(cudaMalloc((void**)&c.drecv, (64u << 20) + 256));
+  TPC_TEST_CK(cudaMalloc((void**)&c.dsend, (64u << 20) + 256));
+  TPC_TEST_CK(cudaMalloc((void**)&c.drecv, (64u << 20) + 256));
   c.hin = malloc((64u << 20) + 256);
   c.href = malloc((64u << 20) + 256);
   c.hout = malloc((64u << 20) + 256);
@@ -369,12 +346,11 @@ int main(int argc, char** argv) {
     if (g_rank != 0) sleep(6); /* stay alive while rank 0 waits, so that it is a silent peer, not a dead one */
   } else mode_basic(&c);
 
-  printf("rank %d: %d passed, %d failed\n", g_rank, g_pass, g_fail);
-  fflush(stdout);
+  const int status = tpc_test_worker_summary();
   if (strcmp(mode, "timeout") != 0) TK(c.comm, tpc_comm_destroy(c.comm));
   else tpc_comm_abort(c.comm), tpc_comm_destroy(c.comm);
 #ifdef TPC_HAVE_MPI
   if (mpi) MPI_Finalize();
 #endif
-  return g_fail ? 1 : 0;
+  return status;
 }

@@ -3,43 +3,22 @@
  * exchange capacity, bf16 and fp16, eager and graph, and every path (fused, unfused with our all-reduce,
  * unfused with NCCL, auto): fresh inputs with strided rows whose padding must stay untouched, results
  * against a double-precision CPU reference of the full-vector norm, and the paths against each other.
- * argv: [--quick]. Prints "rank R: N passed, M failed"; exits non-zero on failure. */
+ * argv: [--quick]. Prints "rank R: N passed, M failed" (testutil's worker report); exits non-zero on
+ * failure. */
 #define _GNU_SOURCE
 #include <cuda_runtime_api.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "testutil.h"
 #include "tp_qknorm_ref.h"
 #include "tpcomm/tpcomm.h"
 
-static int g_rank, g_size, g_pass, g_fail;
+static int g_rank, g_size;
 static cudaStream_t g_stream;
 
-#define CK(x)                                                                                             \
-  do {                                                                                                    \
-    cudaError_t e_ = (x);                                                                                 \
-    if (e_ != cudaSuccess) {                                                                              \
-      fprintf(stderr, "rank %d: %s:%d %s: %s\n", g_rank, __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
-      exit(3);                                                                                            \
-    }                                                                                                     \
-  } while (0)
 
-static void report(int ok, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
-static void report(int ok, const char* fmt, ...) {
-  if (ok) {
-    g_pass++;
-    return;
-  }
-  g_fail++;
-  va_list ap;
-  va_start(ap, fmt);
-  fprintf(stderr, "rank %d: FAIL ", g_rank);
-  vfprintf(stderr, fmt, ap);
-  fputc('\n', stderr);
-  va_end(ap);
-}
 
 #define PAD 0x5a5au
 
@@ -65,22 +44,22 @@ static tpc_status_t run(tpc_comm_t comm, const shape_t* s, void* q, void* k, voi
   if (!graph) {
     tpc_status_t st = tpc_tp_qk_rmsnorm_path(comm, q, k, wq, wk, s->tokens, s->qd, s->kd, s->qs, s->ks, 1e-6f, d, path,
                                              g_stream);
-    CK(cudaStreamSynchronize(g_stream));
+    TPC_TEST_CK(cudaStreamSynchronize(g_stream));
     return st;
   }
   cudaGraph_t g;
   cudaGraphExec_t ge;
-  CK(cudaStreamBeginCapture(g_stream, cudaStreamCaptureModeThreadLocal));
+  TPC_TEST_CK(cudaStreamBeginCapture(g_stream, cudaStreamCaptureModeThreadLocal));
   tpc_status_t st =
       tpc_tp_qk_rmsnorm_path(comm, q, k, wq, wk, s->tokens, s->qd, s->kd, s->qs, s->ks, 1e-6f, d, path, g_stream);
-  CK(cudaStreamEndCapture(g_stream, &g));
+  TPC_TEST_CK(cudaStreamEndCapture(g_stream, &g));
   if (st == TPC_SUCCESS) {
-    CK(cudaGraphInstantiate(&ge, g, 0));
-    CK(cudaGraphLaunch(ge, g_stream));
-    CK(cudaStreamSynchronize(g_stream));
-    CK(cudaGraphExecDestroy(ge));
+    TPC_TEST_CK(cudaGraphInstantiate(&ge, g, 0));
+    TPC_TEST_CK(cudaGraphLaunch(ge, g_stream));
+    TPC_TEST_CK(cudaStreamSynchronize(g_stream));
+    TPC_TEST_CK(cudaGraphExecDestroy(ge));
   }
-  CK(cudaGraphDestroy(g));
+  TPC_TEST_CK(cudaGraphDestroy(g));
   return st;
 }
 
@@ -96,14 +75,14 @@ static void test_shape(tpc_comm_t comm, const shape_t* s, int fused_ok, int nccl
   uint16_t* tmp = malloc(sizeof(uint16_t) * 2 * (size_t)(s->qd > s->kd ? s->qd : s->kd));
   uint16_t *hwq = malloc(s->qd * 2), *hwk = malloc(s->kd * 2);
   void *q, *k, *wq, *wk;
-  CK(cudaMalloc(&q, qbytes));
-  CK(cudaMalloc(&k, kbytes));
-  CK(cudaMalloc(&wq, s->qd * 2));
-  CK(cudaMalloc(&wk, s->kd * 2));
+  TPC_TEST_CK(cudaMalloc(&q, qbytes));
+  TPC_TEST_CK(cudaMalloc(&k, kbytes));
+  TPC_TEST_CK(cudaMalloc(&wq, s->qd * 2));
+  TPC_TEST_CK(cudaMalloc(&wk, s->kd * 2));
   qkref_weight(s->seed, g_rank, 2, s->qd, s->bf16, hwq);
   qkref_weight(s->seed, g_rank, 3, s->kd, s->bf16, hwk);
-  CK(cudaMemcpyAsync(wq, hwq, s->qd * 2, cudaMemcpyHostToDevice, g_stream));
-  CK(cudaMemcpyAsync(wk, hwk, s->kd * 2, cudaMemcpyHostToDevice, g_stream));
+  TPC_TEST_CK(cudaMemcpyAsync(wq, hwq, s->qd * 2, cudaMemcpyHostToDevice, g_stream));
+  TPC_TEST_CK(cudaMemcpyAsync(wk, hwk, s->kd * 2, cudaMemcpyHostToDevice, g_stream));
   build_host(s, hq, hk);
   int have_first = 0;
   const tpc_qknorm_path_t paths[] = {TPC_QKNORM_FUSED, TPC_QKNORM_UNFUSED, TPC_QKNORM_UNFUSED_NCCL, TPC_QKNORM_AUTO};
@@ -111,18 +90,18 @@ static void test_shape(tpc_comm_t comm, const shape_t* s, int fused_ok, int nccl
     if (paths[pi] == TPC_QKNORM_FUSED && !fused_ok) continue;
     if (paths[pi] == TPC_QKNORM_UNFUSED_NCCL && !nccl_ok) continue;
     for (int graph = 0; graph < 2; graph++) {
-      CK(cudaMemcpyAsync(q, hq, qbytes, cudaMemcpyHostToDevice, g_stream));
-      CK(cudaMemcpyAsync(k, hk, kbytes, cudaMemcpyHostToDevice, g_stream));
-      CK(cudaStreamSynchronize(g_stream));
+      TPC_TEST_CK(cudaMemcpyAsync(q, hq, qbytes, cudaMemcpyHostToDevice, g_stream));
+      TPC_TEST_CK(cudaMemcpyAsync(k, hk, kbytes, cudaMemcpyHostToDevice, g_stream));
+      TPC_TEST_CK(cudaStreamSynchronize(g_stream));
       tpc_status_t st = run(comm, s, q, k, wq, wk, paths[pi], graph);
       if (st == TPC_ERR_UNSUPPORTED && paths[pi] == TPC_QKNORM_FUSED) continue; /* tokens above the capacity */
       if (st != TPC_SUCCESS) {
-        report(0, "%s tokens=%lld: %s", path_name(paths[pi]), (long long)s->tokens, tpc_get_last_error(comm));
+        tpc_test_report(0, "%s tokens=%lld: %s", path_name(paths[pi]), (long long)s->tokens, tpc_get_last_error(comm));
         continue;
       }
-      CK(cudaMemcpyAsync(oq, q, qbytes, cudaMemcpyDeviceToHost, g_stream));
-      CK(cudaMemcpyAsync(ok, k, kbytes, cudaMemcpyDeviceToHost, g_stream));
-      CK(cudaStreamSynchronize(g_stream));
+      TPC_TEST_CK(cudaMemcpyAsync(oq, q, qbytes, cudaMemcpyDeviceToHost, g_stream));
+      TPC_TEST_CK(cudaMemcpyAsync(ok, k, kbytes, cudaMemcpyDeviceToHost, g_stream));
+      TPC_TEST_CK(cudaStreamSynchronize(g_stream));
       int64_t wrong = 0, pad_bad = 0, vs_first = 0;
       double worst = 0;
       for (int64_t t = 0; t < s->tokens; t++) {
@@ -146,17 +125,17 @@ static void test_shape(tpc_comm_t comm, const shape_t* s, int fused_ok, int nccl
         memcpy(firstk, ok, kbytes);
         have_first = 1;
       }
-      report(wrong == 0 && pad_bad == 0 && vs_first == 0,
+      tpc_test_report(wrong == 0 && pad_bad == 0 && vs_first == 0,
              "%s %s %s q=%lld k=%lld tokens=%lld: %lld wrong (worst error %g), %lld padding elements written, "
              "%lld differ from the first path",
              path_name(paths[pi]), s->bf16 ? "bf16" : "fp16", graph ? "graph" : "eager", (long long)s->qd,
              (long long)s->kd, (long long)s->tokens, (long long)wrong, worst, (long long)pad_bad, (long long)vs_first);
     }
   }
-  CK(cudaFree(q));
-  CK(cudaFree(k));
-  CK(cudaFree(wq));
-  CK(cudaFree(wk));
+  TPC_TEST_CK(cudaFree(q));
+  TPC_TEST_CK(cudaFree(k));
+  TPC_TEST_CK(cudaFree(wq));
+  TPC_TEST_CK(cudaFree(wk));
   free(hq), free(hk), free(oq), free(ok), free(firstq), free(firstk), free(tmp), free(hwq), free(hwk);
 }
 
@@ -168,8 +147,9 @@ int main(int argc, char** argv) {
     return 4;
   }
   tpc_comm_rank(comm, &g_rank);
+  tpc_test_worker_set_rank(g_rank);
   tpc_comm_size(comm, &g_size);
-  CK(cudaStreamCreateWithFlags(&g_stream, cudaStreamNonBlocking));
+  TPC_TEST_CK(cudaStreamCreateWithFlags(&g_stream, cudaStreamNonBlocking));
   tpc_transport_t tr;
   const char* why;
   void* nccl = NULL;
@@ -196,19 +176,18 @@ int main(int argc, char** argv) {
   }
   /* bad input on a real communicator */
   void* buf;
-  CK(cudaMalloc(&buf, 1 << 16));
-  report(tpc_tp_qk_rmsnorm(comm, buf, buf, buf, buf, 4, 100, 8, 100, 8, 1e-6f, TPC_BFLOAT16, g_stream) ==
+  TPC_TEST_CK(cudaMalloc(&buf, 1 << 16));
+  tpc_test_report(tpc_tp_qk_rmsnorm(comm, buf, buf, buf, buf, 4, 100, 8, 100, 8, 1e-6f, TPC_BFLOAT16, g_stream) ==
              TPC_ERR_INVALID_ARGUMENT && strstr(tpc_get_last_error(comm), "q_dim_local=100"),
          "q_dim_local=100 accepted or wrong message: %s", tpc_get_last_error(comm));
-  report(tpc_tp_qk_rmsnorm(comm, buf, buf, NULL, buf, 4, 64, 8, 64, 8, 1e-6f, TPC_BFLOAT16, g_stream) ==
+  tpc_test_report(tpc_tp_qk_rmsnorm(comm, buf, buf, NULL, buf, 4, 64, 8, 64, 8, 1e-6f, TPC_BFLOAT16, g_stream) ==
              TPC_ERR_INVALID_ARGUMENT && strstr(tpc_get_last_error(comm), "q_weight is NULL"),
          "NULL q_weight accepted: %s", tpc_get_last_error(comm));
-  report(tpc_tp_qk_rmsnorm(comm, buf, buf, buf, buf, 4, 64, 8, 64, 8, 1e-6f, TPC_FLOAT32, g_stream) ==
+  tpc_test_report(tpc_tp_qk_rmsnorm(comm, buf, buf, buf, buf, 4, 64, 8, 64, 8, 1e-6f, TPC_FLOAT32, g_stream) ==
              TPC_ERR_UNSUPPORTED,
          "fp32 accepted: %s", tpc_get_last_error(comm));
-  CK(cudaFree(buf));
-  printf("rank %d: %d passed, %d failed\n", g_rank, g_pass, g_fail);
-  fflush(stdout);
+  TPC_TEST_CK(cudaFree(buf));
+  const int status = tpc_test_worker_summary();
   tpc_comm_destroy(comm);
-  return g_fail ? 1 : 0;
+  return status;
 }

@@ -12,7 +12,6 @@ add_dependencies(test_allreduce_gpu tpc_ar_worker tpcomm-run)
 
 # TP QK-RMSNorm: worker + driver
 add_executable(tpc_qk_worker ${CMAKE_CURRENT_LIST_DIR}/qk_worker.c)
-target_include_directories(tpc_qk_worker PRIVATE ${CMAKE_SOURCE_DIR}/tests/ref)
-target_link_libraries(tpc_qk_worker PRIVATE tpcomm m)
+target_link_libraries(tpc_qk_worker PRIVATE tpc_testutil tpcomm m) # tpc_testutil: tests/ref's headers too
 tpc_add_test(test_qknorm_gpu SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_qknorm_gpu.c TIMEOUT 1800)
 add_dependencies(test_qknorm_gpu tpc_qk_worker tpcomm-run)
