@@ -198,6 +198,7 @@ static tpc_status_t choose_transport(struct tpc_comm* c, tpc_bootstrap_t* bs) {
     if (blocks > TPC_AR_MAX_BLOCKS) blocks = TPC_AR_MAX_BLOCKS;
     if (blocks < 1) blocks = 1;
     c->arena->args.blocks = blocks;
+    c->arena->args.sm_count = c->sm_count;
   }
 out:
   free(row);

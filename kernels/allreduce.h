@@ -61,6 +61,7 @@ typedef struct {
   int rank, nranks;
   int blocks;      /* fixed grid (epochs are per block) */
   int max_threads; /* threads per block at most */
+  int sm_count;    /* SMs of this rank's GPU */
 } tpc_ar_args_t;
 
 /* algo: 1 = one-shot push, 2 = two-shot pull. dtype: 0 bf16, 1 fp16, 2 fp32. Returns the launch error. */

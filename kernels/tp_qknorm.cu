@@ -20,7 +20,7 @@
  *
  * Unfused kernels: partial (sums per token into a buffer) and apply (scale with all-reduced sums); the
  * caller all-reduces the buffer in between (our kernels or NCCL). Block = 32..1024 threads, each holding
- * J = 1, 2 or 4 vectors; grid = min(tokens, 8 * 132).
+ * J = 1, 2 or 4 vectors; grid = min(tokens, 1056).
  * PDL as in allreduce.cu; addresses that depend only on the launch are formed before the wait. */
 #include <stdint.h>
 
@@ -388,7 +388,9 @@ static cudaLaunchConfig_t config(int blocks, int threads, int pdl, cudaStream_t 
 template <typename T, int J>
 cudaError_t launch_unfused(int kind, const tpc_qk_problem_t* p, float* sums, int threads, int pdl, cudaStream_t stream) {
   cudaLaunchAttribute attr[1];
-  const int64_t blocks = p->tokens < 8 * 132 ? p->tokens : 8 * 132;
+  /* a grid-stride loop over the tokens: any grid is correct; 1056 blocks fill every SM of an H100/H200 */
+  constexpr int64_t kMaxBlocks = 1056;
+  const int64_t blocks = p->tokens < kMaxBlocks ? p->tokens : kMaxBlocks;
   cudaLaunchConfig_t cfg = config((int)blocks, threads, pdl, stream, attr);
   if (kind == 1) return cudaLaunchKernelEx(&cfg, qk_partial_kernel<T, J>, *p, (float2*)sums);
   return cudaLaunchKernelEx(&cfg, qk_apply_kernel<T, J>, *p, (const float2*)sums);
@@ -419,10 +421,7 @@ cudaError_t launch_fused_j(const tpc_ar_args_t* a, const tpc_qk_problem_t* p, in
   /* every block resident at once: the groups of one rank wait for the peers' groups, so a block waiting for
    * a free SM could wait forever. a.blocks = the SMs this rank may fill (SMs / ranks on the GPU), unless
    * TPCOMM_NUM_BLOCKS set it: never count more than the GPU's SMs */
-  int dev = 0, sms = 0;
-  cudaError_t e = cudaGetDevice(&dev);
-  if (e == cudaSuccess) e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
-  if (e != cudaSuccess) return e;
+  const int sms = a->sm_count > 0 ? a->sm_count : 1;
   int64_t blocks = (p->tokens + G - 1) / G;
   const int64_t cap = (int64_t)per_sm * (a->blocks < sms ? a->blocks : sms);
   if (blocks > cap) blocks = cap;
@@ -439,12 +438,15 @@ cudaError_t launch_typed(int kind, const tpc_ar_args_t* a, const tpc_qk_problem_
   const int nv = p->q_vecs + p->k_vecs;
   if (kind == 0) {
     /* fused: J vectors per lane, W = ceil(vectors / 32 J) <= 16 warps per token. Measured on 2 x H200
-     * (docs/perf-log.md): J = 1 (a row over as many lanes as possible: latency) while all tokens take at
-     * most ~512 threads per SM, J = 4 up to ~1024 threads per SM, J = 8 beyond */
+     * (docs/perf-log.md): few vectors per lane but at most 8 warps a token (J = 2, W = 7 beats J = 1,
+     * W = 14 by ~0.2 us for a 448-vector row) while the tokens would take at most ~512 threads per SM at
+     * one vector per lane, J = 4 up to ~1024 threads per SM, J = 8 beyond */
     const int j_min = (nv + 511) / 512;
+    int j_lat = (nv + 255) / 256;
+    if (j_lat > 8) j_lat = 8;
     auto threads_for = [&](int j) { return p->tokens * 32 * ((nv + 32 * j - 1) / (32 * j)); };
-    int J = j_min;
-    if (threads_for(J) > (int64_t)a->blocks * 512) J = j_min > 4 ? j_min : 4;
+    int J = j_lat;
+    if (threads_for(j_min) > (int64_t)a->blocks * 512) J = J > 4 ? J : 4;
     if (threads_for(J) > (int64_t)a->blocks * 1024) J = 8;
     const int W = (nv + 32 * J - 1) / (32 * J);
     switch (J) {
