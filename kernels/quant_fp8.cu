@@ -16,10 +16,10 @@
  *          reduced with shuffles only (no shared memory at all).
  *   BLOCK  quant_block_kernel<T, VPT>: 32..512 threads, a block per row, VPT <= 8 vectors per thread in
  *          registers (hidden <= 32768).
- *   SMEM   quant_smem_kernel<T>: 1024 threads, a block per row, the row staged in dynamic shared memory
- *          (16 bytes per vector, up to the device's opt-in limit, set once per device with
+ *   SMEM   quant_row_block_kernel<T, true>: 1024 threads, a block per row, the row staged in dynamic
+ *          shared memory (16 bytes per vector, up to the device's opt-in limit, set once per device with
  *          cudaFuncSetAttribute). Each thread reads back only the vectors it wrote itself.
- *   TWO_PASS quant_two_pass_kernel<T>: as SMEM without the staging; the row is read twice.
+ *   TWO_PASS quant_row_block_kernel<T, false>: as SMEM without the staging; the row is read twice.
  *   static quant_static_kernel<T>: one vector per thread per row, grid (vectors, rows).
  * Bytes in flight: WARP and BLOCK issue all the 16-byte loads of a thread's share of the row back to back
  * (load_row: predicated loads first, the element-by-element tail or misaligned vectors after them), so a
@@ -55,8 +55,8 @@
 extern "C" {
 #include "debug.h"
 #include "param.h"
-#include "pdl.cuh"
 }
+#include "pdl.cuh"
 #include "tpcomm/gemm.h"
 
 namespace {
@@ -335,12 +335,14 @@ __global__ void __launch_bounds__(kBlockMaxThreads) quant_block_kernel(QuantArgs
   }
 }
 
-/* ---- SMEM: a block per row, the row in dynamic shared memory ------------------------------------------------ */
-/* The streaming loops below run over the whole vectors first (loads unrolled and in flight together), then
- * over the vectors that need the element-by-element path. */
-template <typename T>
-__global__ void __launch_bounds__(kBigThreads) quant_smem_kernel(QuantArgs a) {
-  extern __shared__ uint4 s_row[]; /* nvec vectors; vector v is written and read by thread v % blockDim */
+/* ---- SMEM and TWO_PASS: a block per row ---------------------------------------------------------------------
+ * STAGE (SMEM): the row is kept in dynamic shared memory between the max and the quantization, so it is read
+ * from DRAM once; without it (TWO_PASS, rows too long for shared memory) the row is read twice. The streaming
+ * loops run over the whole vectors first (loads unrolled and in flight together), then over the vectors
+ * that need the element-by-element path. */
+template <typename T, bool STAGE>
+__global__ void __launch_bounds__(kBigThreads) quant_row_block_kernel(QuantArgs a) {
+  extern __shared__ uint4 s_row[]; /* STAGE: nvec vectors; vector v is written and read by thread v % blockDim */
   __shared__ float s_red[32];
   pdl_wait();
   pdl_trigger();
@@ -350,48 +352,19 @@ __global__ void __launch_bounds__(kBigThreads) quant_smem_kernel(QuantArgs a) {
 #pragma unroll 4
     for (int64_t v = threadIdx.x; v < a.nfull; v += blockDim.x) {
       const uint4 r = ldg_vec(x, v);
-      s_row[v] = r;
+      if constexpr (STAGE) s_row[v] = r;
       m = vec_absmax<T>(r, m);
     }
     for (int64_t v = a.nfull + threadIdx.x; v < a.nvec; v += blockDim.x) {
       const uint4 r = load_vec_slow(x, v, a.hidden);
-      s_row[v] = r;
+      if constexpr (STAGE) s_row[v] = r;
       m = vec_absmax<T>(r, m);
     }
     m = block_max(m, s_red);
     if (!(m <= FLT_MAX)) {
       m = 0.0f;
-      for (int64_t v = threadIdx.x; v < a.nvec; v += blockDim.x) m = vec_absmax_finite<T>(s_row[v], m);
-      m = block_max(m, s_red);
-    }
-    const float scale = scale_of(m);
-    const float inv = 1.0f / scale;
-    uint8_t* q = a.q + row * a.q_stride;
-#pragma unroll 4
-    for (int64_t v = threadIdx.x; v < a.nfull; v += blockDim.x) stg_vec(q, v, vec_quant<T>(s_row[v], inv));
-    for (int64_t v = a.nfull + threadIdx.x; v < a.nvec; v += blockDim.x)
-      store_vec_slow(q, v, a.hidden, vec_quant<T>(s_row[v], inv));
-    if (threadIdx.x == 0) a.scales[row] = scale;
-  }
-}
-
-/* ---- TWO_PASS: rows too long for shared memory --------------------------------------------------------------- */
-template <typename T>
-__global__ void __launch_bounds__(kBigThreads) quant_two_pass_kernel(QuantArgs a) {
-  __shared__ float s_red[32];
-  pdl_wait();
-  pdl_trigger();
-  for (int64_t row = blockIdx.x; row < a.rows; row += gridDim.x) {
-    const uint16_t* x = a.x + row * a.x_stride;
-    float m = 0.0f;
-#pragma unroll 4
-    for (int64_t v = threadIdx.x; v < a.nfull; v += blockDim.x) m = vec_absmax<T>(ldg_vec(x, v), m);
-    for (int64_t v = a.nfull + threadIdx.x; v < a.nvec; v += blockDim.x)
-      m = vec_absmax<T>(load_vec_slow(x, v, a.hidden), m);
-    m = block_max(m, s_red);
-    if (!(m <= FLT_MAX)) {
-      m = 0.0f;
-      for (int64_t v = threadIdx.x; v < a.nvec; v += blockDim.x) m = vec_absmax_finite<T>(load_vec(x, v, a), m);
+      for (int64_t v = threadIdx.x; v < a.nvec; v += blockDim.x)
+        m = vec_absmax_finite<T>(STAGE ? s_row[v] : load_vec(x, v, a), m);
       m = block_max(m, s_red);
     }
     const float scale = scale_of(m);
@@ -399,9 +372,9 @@ __global__ void __launch_bounds__(kBigThreads) quant_two_pass_kernel(QuantArgs a
     uint8_t* q = a.q + row * a.q_stride;
 #pragma unroll 4
     for (int64_t v = threadIdx.x; v < a.nfull; v += blockDim.x)
-      stg_vec(q, v, vec_quant<T>(ldg_vec(x, v), inv));
+      stg_vec(q, v, vec_quant<T>(STAGE ? s_row[v] : ldg_vec(x, v), inv));
     for (int64_t v = a.nfull + threadIdx.x; v < a.nvec; v += blockDim.x)
-      store_vec_slow(q, v, a.hidden, vec_quant<T>(load_vec_slow(x, v, a.hidden), inv));
+      store_vec_slow(q, v, a.hidden, vec_quant<T>(STAGE ? s_row[v] : load_vec_slow(x, v, a.hidden), inv));
     if (threadIdx.x == 0) a.scales[row] = scale;
   }
 }
@@ -428,7 +401,7 @@ struct DevInfo {
   int ready;
   int sms, cc_major;
   int smem_optin;     /* cudaDevAttrMaxSharedMemoryPerBlockOptin */
-  int smem_set[2];    /* cudaFuncSetAttribute done for quant_smem_kernel<bf16>, <fp16> */
+  int smem_set[2];    /* cudaFuncSetAttribute done for quant_row_block_kernel<bf16|fp16, true> */
 };
 std::mutex g_lock;
 DevInfo g_dev[kMaxDevices];
@@ -497,12 +470,6 @@ const char* path_refusal(const DevInfo& d, tpc_quant_path_t path, int64_t nvec) 
   }
 }
 
-/* A launch of grid x block on stream; the PDL attribute is filled in but off until cfg->numAttrs = 1. */
-void launch_cfg(cudaLaunchConfig_t* cfg, cudaLaunchAttribute* attr, dim3 grid, dim3 block, size_t smem,
-                cudaStream_t stream) {
-  *cfg = tpc::pdl_launch_config(grid, block, smem, stream, 0, attr);
-}
-
 /* Blocks for `work` blocks' worth of rows, at most `per_sm` per SM: the kernels loop over rows (grid
  * stride), so a large input runs on a bounded, mostly resident grid and a block handles several rows in
  * turn (which is also what exercises the reuse of the reduction slots). */
@@ -513,21 +480,18 @@ unsigned grid_of(int64_t work, const DevInfo& d, int per_sm) {
 
 template <typename T, int VPT>
 cudaError_t launch_warp(const DevInfo& d, const QuantArgs& a, int pdl, cudaStream_t stream) {
-  cudaLaunchConfig_t cfg;
   cudaLaunchAttribute attr[1];
   const int64_t rows_per_block = kWarpThreads / 32;
-  launch_cfg(&cfg, attr, dim3(grid_of((a.rows + rows_per_block - 1) / rows_per_block, d, kWarpBlocksPerSm)),
-             dim3(kWarpThreads), 0, stream);
-  cfg.numAttrs = pdl;
+  const dim3 grid(grid_of((a.rows + rows_per_block - 1) / rows_per_block, d, kWarpBlocksPerSm));
+  const cudaLaunchConfig_t cfg = tpc::pdl_launch_config(grid, dim3(kWarpThreads), 0, stream, pdl, attr);
   return cudaLaunchKernelEx(&cfg, quant_warp_kernel<T, VPT>, a);
 }
 
 template <typename T, int VPT>
 cudaError_t launch_block(const DevInfo& d, const QuantArgs& a, int threads, int pdl, cudaStream_t stream) {
-  cudaLaunchConfig_t cfg;
   cudaLaunchAttribute attr[1];
-  launch_cfg(&cfg, attr, dim3(grid_of(a.rows, d, 2 * 2048 / threads)), dim3((unsigned)threads), 0, stream);
-  cfg.numAttrs = pdl;
+  const dim3 grid(grid_of(a.rows, d, 2 * 2048 / threads));
+  const cudaLaunchConfig_t cfg = tpc::pdl_launch_config(grid, dim3((unsigned)threads), 0, stream, pdl, attr);
   return cudaLaunchKernelEx(&cfg, quant_block_kernel<T, VPT>, a);
 }
 
@@ -570,27 +534,25 @@ cudaError_t launch_per_token(const DevInfo& d, int dev, tpc_quant_path_t path, c
       {
         std::lock_guard<std::mutex> guard(g_lock);
         if (!g_dev[dev].smem_set[idx]) {
-          cudaError_t err = cudaFuncSetAttribute(quant_smem_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+          cudaError_t err = cudaFuncSetAttribute(quant_row_block_kernel<T, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                                  (int)max_bytes);
           if (err != cudaSuccess) return err;
           g_dev[dev].smem_set[idx] = 1;
         }
       }
       const int threads = a.nvec >= kBigThreads ? kBigThreads : (int)((a.nvec + 31) / 32 * 32);
-      cudaLaunchConfig_t cfg;
       cudaLaunchAttribute attr[1];
       const int per_sm = (int)((int64_t)d.smem_optin / (a.nvec * 16 + kSmemReserve)); /* resident blocks */
-      launch_cfg(&cfg, attr, dim3(grid_of(a.rows, d, per_sm)), dim3((unsigned)threads), (size_t)a.nvec * 16, stream);
-      cfg.numAttrs = pdl;
-      return cudaLaunchKernelEx(&cfg, quant_smem_kernel<T>, a);
+      const cudaLaunchConfig_t cfg = tpc::pdl_launch_config(dim3(grid_of(a.rows, d, per_sm)), dim3((unsigned)threads),
+                                                            (size_t)a.nvec * 16, stream, pdl, attr);
+      return cudaLaunchKernelEx(&cfg, quant_row_block_kernel<T, true>, a);
     }
     default: {
-      cudaLaunchConfig_t cfg;
       cudaLaunchAttribute attr[1];
       const int threads = a.nvec >= kBigThreads ? kBigThreads : (int)((a.nvec + 31) / 32 * 32);
-      launch_cfg(&cfg, attr, dim3(grid_of(a.rows, d, 4)), dim3((unsigned)threads), 0, stream);
-      cfg.numAttrs = pdl;
-      return cudaLaunchKernelEx(&cfg, quant_two_pass_kernel<T>, a);
+      const cudaLaunchConfig_t cfg =
+          tpc::pdl_launch_config(dim3(grid_of(a.rows, d, 4)), dim3((unsigned)threads), 0, stream, pdl, attr);
+      return cudaLaunchKernelEx(&cfg, quant_row_block_kernel<T, false>, a);
     }
   }
 }
@@ -742,10 +704,10 @@ extern "C" tpc_status_t tpc_quant_fp8_static(void* q_out, const void* x, const f
   const int64_t gx = (a.nvec + threads - 1) / threads;
   if (gx > INT32_MAX) return tpc_error(NULL, TPC_ERR_INVALID_ARGUMENT, "%s: hidden=%lld is too large", fn, (long long)hidden);
   const unsigned gy = (unsigned)(rows < 65535 ? rows : 65535);
-  cudaLaunchConfig_t cfg;
   cudaLaunchAttribute attr[1];
-  launch_cfg(&cfg, attr, dim3((unsigned)gx, gy), dim3((unsigned)threads), 0, stream);
-  cfg.numAttrs = g_pdl && d.cc_major >= 9;
+  const int pdl = g_pdl && d.cc_major >= 9;
+  const cudaLaunchConfig_t cfg =
+      tpc::pdl_launch_config(dim3((unsigned)gx, gy), dim3((unsigned)threads), 0, stream, pdl, attr);
   const cudaError_t err = dtype == TPC_BFLOAT16 ? cudaLaunchKernelEx(&cfg, quant_static_kernel<__nv_bfloat16>, a, scale)
                                                 : cudaLaunchKernelEx(&cfg, quant_static_kernel<__half>, a, scale);
   return launch_status(fn, err, "static quantization kernel");

@@ -32,24 +32,26 @@
 namespace {
 using namespace tpc;
 
-/* {sum of squares of q part, of k part} over the block; the tree depends only on blockDim. */
-__device__ __forceinline__ float2 block_sum2(float a, float b, float2* sh) {
+/* Both components summed over the warp by a xor butterfly: every lane gets the same sums, in an order that
+ * depends on nothing but the lane values (identical on every rank). */
+__device__ __forceinline__ float2 warp_sum2(float2 v) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) {
-    a += __shfl_xor_sync(0xffffffffu, a, o);
-    b += __shfl_xor_sync(0xffffffffu, b, o);
+    v.x += __shfl_xor_sync(0xffffffffu, v.x, o);
+    v.y += __shfl_xor_sync(0xffffffffu, v.y, o);
   }
+  return v;
+}
+
+/* {sum of squares of q part, of k part} over the block; the tree depends only on blockDim. */
+__device__ __forceinline__ float2 block_sum2(float a, float b, float2* sh) {
+  const float2 s = warp_sum2(make_float2(a, b));
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  if (lane == 0) sh[warp] = make_float2(a, b);
+  if (lane == 0) sh[warp] = s;
   __syncthreads();
   if (warp == 0) {
     const int nw = blockDim.x >> 5;
-    float2 v = lane < nw ? sh[lane] : make_float2(0.f, 0.f);
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-      v.x += __shfl_xor_sync(0xffffffffu, v.x, o);
-      v.y += __shfl_xor_sync(0xffffffffu, v.y, o);
-    }
+    const float2 v = warp_sum2(lane < nw ? sh[lane] : make_float2(0.f, 0.f));
     if (lane == 0) sh[32] = v;
   }
   __syncthreads();
@@ -145,9 +147,9 @@ __device__ __forceinline__ float2 scales_of(const tpc_qk_problem_t& p, float2 to
   return make_float2(rsqrtf(total.x / p.q_total + p.eps), rsqrtf(total.y / p.k_total + p.eps));
 }
 
+/* the pair as pushed: an all-ones word becomes the canonical NaN, never the empty pattern (common.cuh) */
 __device__ __forceinline__ uint2 sanitize2(float2 v) {
-  uint32_t a = __float_as_uint(v.x), b = __float_as_uint(v.y);
-  return make_uint2(a == kEmpty ? 0x7fffffffu : a, b == kEmpty ? 0x7fffffffu : b);
+  return make_uint2(sanitize_word<float>(__float_as_uint(v.x)), sanitize_word<float>(__float_as_uint(v.y)));
 }
 __device__ __forceinline__ void st_volatile_v2(void* p, uint2 v) {
   asm volatile("st.volatile.global.v2.b32 [%0], {%1,%2};" ::"l"(p), "r"(v.x), "r"(v.y) : "memory");
@@ -200,32 +202,13 @@ __device__ __forceinline__ float2 group_load_row(const tpc_qk_problem_t& p, int6
 /* Sum over the group's lanes; the tree depends only on W, identical on every rank. part: [2][16] per
  * block, double-buffered by `buf` so that one barrier per token suffices. */
 __device__ __forceinline__ float2 group_sum(float a, float b, const Group& gr, float2 (*part)[16], int buf) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) {
-    a += __shfl_xor_sync(0xffffffffu, a, o);
-    b += __shfl_xor_sync(0xffffffffu, b, o);
-  }
-  if (gr.W == 1) return make_float2(a, b);
+  const float2 s = warp_sum2(make_float2(a, b));
+  if (gr.W == 1) return s;
   const int w0 = gr.g * gr.W, l = threadIdx.x & 31;
-  if (l == 0) part[buf][w0 + gr.warp_in_group] = make_float2(a, b);
+  if (l == 0) part[buf][w0 + gr.warp_in_group] = s;
   gr.sync();
   /* the W warp sums, one per lane (zeros beyond W), through the same shuffle tree */
-  float2 v = l < gr.W ? part[buf][w0 + l] : make_float2(0.f, 0.f);
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) {
-    v.x += __shfl_xor_sync(0xffffffffu, v.x, o);
-    v.y += __shfl_xor_sync(0xffffffffu, v.y, o);
-  }
-  return v;
-}
-
-__device__ __forceinline__ float2 warp_sum2(float2 v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) {
-    v.x += __shfl_xor_sync(0xffffffffu, v.x, o);
-    v.y += __shfl_xor_sync(0xffffffffu, v.y, o);
-  }
-  return v;
+  return warp_sum2(l < gr.W ? part[buf][w0 + l] : make_float2(0.f, 0.f));
 }
 
 template <typename T, int J, int kMaxThreads>
