@@ -430,7 +430,6 @@ typedef struct {
   int na; /* the shape did not fit in memory */
   int nsets, cold;
   double eager_us, graph_us, floor_us;
-  double copy_us; /* graph time of a device-to-device copy of the same bytes; 0 when not measured */
   uint64_t wrong;
   int checked;
   const char* target; /* "" when the shape has none */
@@ -449,56 +448,6 @@ static void judge_target(const kn_shape_t* s, kn_result_t* r) {
     snprintf(r->target_buf, sizeof r->target_buf, ">=%g%% %s", s->min_pct, ok ? "ok" : "MISS");
     r->target = r->target_buf;
   }
-}
-
-/* ---- the same-size copy ------------------------------------------------------------------------------------ */
-/* A cudaMemcpyAsync of bytes / 2 (so bytes / 2 read and bytes / 2 written, like the kernel), timed the same way
- * as the kernel (graph, rotating over enough buffers to defeat L2): the floor at this size, which the launch,
- * the first DRAM round trip and the tail that every kernel pays enter too, where bytes / copy bandwidth
- * (measured on 1 GiB) leaves them out. */
-typedef struct {
-  void* src[KN_MAX_SETS];
-  void* dst[KN_MAX_SETS];
-  size_t bytes;
-  int n, next;
-} kn_copy_t;
-
-static bench_rc_t enqueue_copy(void* arg, cudaStream_t stream) {
-  kn_copy_t* c = arg;
-  const int i = c->next;
-  c->next = (c->next + 1) % c->n;
-  BENCH_CHECK_CUDA(cudaMemcpyAsync(c->dst[i], c->src[i], c->bytes, cudaMemcpyDeviceToDevice, stream));
-  return BENCH_OK;
-}
-
-/* *us = 0 (not measured) when two more buffers of the size do not fit. */
-static bench_rc_t time_same_size_copy(kn_bench_t* kb, size_t bytes, double* us) {
-  kn_copy_t c;
-  memset(&c, 0, sizeof c);
-  *us = 0;
-  c.bytes = bytes / 2;
-  size_t free_b = 0, total_b = 0;
-  BENCH_CHECK_CUDA(cudaMemGetInfo(&free_b, &total_b));
-  const size_t budget = free_b > ((size_t)1 << 30) ? free_b - ((size_t)1 << 30) : 0;
-  if (2 * c.bytes > budget) return BENCH_OK;
-  c.n = bench_rotation_sets(kb->l2_bytes, 2 * c.bytes, KN_MAX_SETS, budget);
-  bench_rc_t rc = BENCH_OK;
-  for (int i = 0; i < c.n && rc == BENCH_OK; i++) {
-    cudaError_t e = cudaMalloc(&c.src[i], c.bytes);
-    if (e == cudaSuccess) e = cudaMalloc(&c.dst[i], c.bytes);
-    if (e == cudaSuccess) e = cudaMemsetAsync(c.src[i], 0x3C, c.bytes, kb->ctx->stream);
-    if (e != cudaSuccess) rc = bench_cuda_fail(e, "same-size copy buffers", __FILE__, __LINE__);
-  }
-  bench_op_t op = {enqueue_copy, &c};
-  if (rc == BENCH_OK) rc = bench_time_graph(kb->ctx, op, (int)kb->o->graph_calls, (int)kb->o->graph_reps, us);
-  for (int i = 0; i < KN_MAX_SETS; i++) {
-    void* p[2] = {c.src[i], c.dst[i]};
-    for (int k = 0; k < 2; k++) {
-      cudaError_t e = p[k] ? cudaFree(p[k]) : cudaSuccess;
-      if (e != cudaSuccess && rc == BENCH_OK) rc = bench_cuda_fail(e, "cudaFree", __FILE__, __LINE__);
-    }
-  }
-  return rc;
 }
 
 static bench_rc_t measure_shape(kn_bench_t* kb, const kn_shape_t* s, kn_result_t* r) {
@@ -526,7 +475,6 @@ static bench_rc_t measure_shape(kn_bench_t* kb, const kn_shape_t* s, kn_result_t
                     tpc_get_last_error(NULL));
   bench_rc_t rc2 = free_bufs(&bb);
   if (rc == BENCH_OK) rc = rc2;
-  if (rc == BENCH_OK) rc = time_same_size_copy(kb, bb.bytes, &r->copy_us);
   if (rc == BENCH_OK) judge_target(s, r);
   return rc;
 }
@@ -550,8 +498,6 @@ static void add_columns(kn_bench_t* kb) {
   bench_table_col(t, "bw", "(GB/s)", 7);
   bench_table_group(t, NULL);
   bench_table_col(t, "floor", "(us)", 9);
-  bench_table_col(t, "copy", "(us)", 8);
-  bench_table_col(t, "copy", "(%)", 6);
   bench_table_col(t, "#wrong", "", 6);
   bench_table_col(t, "target", "(H200)", 13);
 }
@@ -575,7 +521,7 @@ static void print_row(kn_bench_t* kb, const kn_shape_t* s, const kn_result_t* r)
   if (r->na) {
     bench_table_cell(t, "-");
     bench_table_cell(t, "-");
-    for (int i = 0; i < 7; i++) bench_table_cell(t, "n/a");
+    for (int i = 0; i < 5; i++) bench_table_cell(t, "n/a");
     bench_table_cell(t, "-");
     bench_table_cell(t, "-");
     bench_table_cell(t, "no memory");
@@ -588,13 +534,6 @@ static void print_row(kn_bench_t* kb, const kn_shape_t* s, const kn_result_t* r)
     bench_table_cell(t, "%.1f", 100.0 * r->floor_us / r->graph_us);
     bench_table_cell(t, "%.0f", (double)shape_bytes(s, bench_dtype_size(kb->o->dtype)) / (r->graph_us * 1e3));
     time_cell(t, r->floor_us);
-    if (r->copy_us > 0) {
-      time_cell(t, r->copy_us);
-      bench_table_cell(t, "%.1f", 100.0 * r->copy_us / r->graph_us);
-    } else {
-      bench_table_cell(t, "-");
-      bench_table_cell(t, "-");
-    }
     if (r->checked)
       bench_table_cell(t, "%llu", (unsigned long long)r->wrong);
     else
@@ -631,12 +570,6 @@ static void write_json(kn_bench_t* kb, const kn_shape_t* s, const kn_result_t* r
   bench_json_num(j, "pct_floor_eager", 100.0 * r->floor_us / r->eager_us);
   bench_json_num(j, "pct_floor_graph", 100.0 * r->floor_us / r->graph_us);
   bench_json_num(j, "copy_gbs", kb->copy_gbs);
-  if (r->copy_us > 0) {
-    bench_json_num(j, "same_size_copy_us", r->copy_us);
-    bench_json_num(j, "pct_same_size_copy_graph", 100.0 * r->copy_us / r->graph_us);
-  } else {
-    bench_json_null(j, "same_size_copy_us");
-  }
   if (r->checked)
     bench_json_int(j, "wrong", (long long)r->wrong);
   else
