@@ -79,7 +79,11 @@ __device__ __forceinline__ bool reduce_vec(const tpc_ar_args_t& a, char* mine, s
   return true;
 }
 
-template <typename T>
+/* STREAM (messages of more than one group, kKeep vectors a thread): after the first group, pushes run one
+ * group ahead of the reduces (push v + group, then reduce v) instead of all pushes first, so the local traffic
+ * of a large message (slots, re-arm, output) overlaps its NVLink traffic; measured 64 MiB 285 -> 203 us with
+ * 64 MiB slots (perf-log.md). Without STREAM the code is the original small-message path. */
+template <typename T, bool STREAM>
 __global__ void __launch_bounds__(512) oneshot_push_kernel(tpc_ar_args_t a, const T* in, T* out, size_t count,
                                                            bool aligned) {
   constexpr int E = Elem<T>::kPerVec;
@@ -113,7 +117,10 @@ __global__ void __launch_bounds__(512) oneshot_push_kernel(tpc_ar_args_t a, cons
 #pragma unroll
   for (int u = 0; u < kKeep; u++)
     if (first + u * stride < nvec) push_vec(a, dst, first + u * stride, keep[u]);
-  for (size_t v = first + kKeep * stride; v < nvec; v += stride)
+  const size_t group = kKeep * stride;
+  /* STREAM: the second group now, the others one group ahead of the reduces below; otherwise everything */
+  const size_t push_end = STREAM ? (first + 2 * group < nvec ? first + 2 * group : nvec) : nvec;
+  for (size_t v = first + group; v < push_end; v += stride)
     push_vec(a, dst, v, sanitize<T>(load_in(in, v, count, aligned)));
 
   Waiter w(a);
@@ -121,8 +128,12 @@ __global__ void __launch_bounds__(512) oneshot_push_kernel(tpc_ar_args_t a, cons
 #pragma unroll
   for (int u = 0; u < kKeep; u++)
     if (ok && first + u * stride < nvec) ok = reduce_vec<T>(a, mine, first + u * stride, keep[u], out, count, aligned, w);
-  for (size_t v = first + kKeep * stride; ok && v < nvec; v += stride) /* in place: in[v] is still the input */
+  /* in place: in[v] is still the input (a thread writes out[v] only after its own last read of in[v]) */
+  for (size_t v = first + group; ok && v < nvec; v += stride) {
+    if (STREAM && v + group < nvec) /* the next group's vector (groups 0 and 1 were pushed above) */
+      push_vec(a, dst, v + group, sanitize<T>(load_in(in, v + group, count, aligned)));
     ok = reduce_vec<T>(a, mine, v, sanitize<T>(load_in(in, v, count, aligned)), out, count, aligned, w);
+  }
 
   __syncthreads(); /* every thread has read the epoch */
   if (threadIdx.x == 0) *epoch_ptr = epoch + 1;
@@ -257,8 +268,10 @@ cudaError_t launch_typed(int algo, const tpc_ar_args_t* a, const void* in, void*
 
   cudaLaunchAttribute attr[1];
   cudaLaunchConfig_t cfg = pdl_launch_config(dim3((unsigned)a->blocks), dim3((unsigned)threads), 0, stream, pdl, attr);
+  if (algo == 1 && nvec > (size_t)kKeep * a->blocks * threads)
+    return cudaLaunchKernelEx(&cfg, oneshot_push_kernel<T, true>, *a, (const T*)in, (T*)out, count, aligned);
   if (algo == 1)
-    return cudaLaunchKernelEx(&cfg, oneshot_push_kernel<T>, *a, (const T*)in, (T*)out, count, aligned);
+    return cudaLaunchKernelEx(&cfg, oneshot_push_kernel<T, false>, *a, (const T*)in, (T*)out, count, aligned);
   return cudaLaunchKernelEx(&cfg, twoshot_pull_kernel<T>, *a, (const T*)in, (T*)out, count, aligned);
 }
 

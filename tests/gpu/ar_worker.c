@@ -204,7 +204,7 @@ static void mode_matrix(ctx_t* c, int quick) {
  * the last replay (and the out-of-place outputs are poisoned before). */
 static void mode_replay(ctx_t* c, int replays) {
   const size_t counts[] = {513, 40000, 3, 300000};
-  const tpc_algo_t algos[] = {TPC_ALGO_ONESHOT, TPC_ALGO_TWOSHOT, TPC_ALGO_AUTO, TPC_ALGO_TWOSHOT};
+  const tpc_algo_t algos[] = {TPC_ALGO_ONESHOT, TPC_ALGO_ONESHOT, TPC_ALGO_AUTO, TPC_ALGO_TWOSHOT};
   const tpc_dtype_t d = TPC_BFLOAT16;
   size_t off[4], total = 0;
   for (int i = 0; i < 4; i++) {

@@ -1,5 +1,6 @@
 /* test_allreduce_gpu.c — drives tests/gpu/ar_worker.c through tpcomm-run (and mpirun): the custom and
- * NCCL all-reduce correctness matrix on 2 GPUs, world size 1, graph replays, two streams, the missing-rank
+ * NCCL all-reduce correctness matrix on 2 GPUs (also with 64 MiB one-shot slots, and with a 2-block grid
+ * that puts the streaming one-shot on small sizes), world size 1, graph replays, two streams, the missing-rank
  * timeout, and 4/8 ranks sharing 2 GPUs (only with TPCOMM_TEST_SHARED=1, i.e. under CUDA MPS). Every case
  * skips with the reason where the machine lacks what it needs. */
 #define _GNU_SOURCE
@@ -57,6 +58,28 @@ Test(allreduce_gpu, graph_10000_replays) {
 Test(allreduce_gpu, two_streams_one_comm) {
   need_gpus(2);
   launch(2, "", "streams", NULL, 120);
+}
+
+/* One-shot slots of 64 MiB: the full matrix runs one-shot up to 64 MiB, i.e. the streaming form (pushes one
+ * group ahead of the reduces) at every large size. */
+Test(allreduce_gpu, oneshot_large_slots_matrix, .timeout = 600) {
+  need_gpus(2);
+  char* env[] = {"TPCOMM_PUSH_MAX_BYTES=64M", "TPCOMM_ONESHOT_MAX_BYTES=64M", NULL};
+  launch(2, "", "matrix", env, 580);
+}
+
+/* Two blocks a rank: a thread's group of vectors is small, so the streaming one-shot runs from ~64 KiB up,
+ * odd tails and graph replays included. */
+Test(allreduce_gpu, oneshot_stream_small_grid, .timeout = 600) {
+  need_gpus(2);
+  char* env[] = {"TPCOMM_NUM_BLOCKS=2", NULL};
+  launch(2, "", "matrix --quick", env, 580);
+}
+
+Test(allreduce_gpu, oneshot_stream_small_grid_graph_replays, .timeout = 300) {
+  need_gpus(2);
+  char* env[] = {"TPCOMM_NUM_BLOCKS=2", NULL};
+  launch(2, "", "replay 2000", env, 280);
 }
 
 Test(allreduce_gpu, missing_rank_times_out) {
