@@ -359,6 +359,17 @@ tpc_status_t tpc_unique_id_from_string(const char* str, tpc_unique_id_t* id) {
 
 /* ---- non-blocking record I/O, bounded by a deadline -------------------------------------------------- */
 
+/* Waits until one of bs->pfd[0..m) is ready or the deadline passed (*timed_out), retrying after signals. */
+static tpc_status_t poll_pending(tpc_bootstrap_t* bs, int m, int64_t deadline, const char* fn, int* timed_out) {
+  for (;;) {
+    int r = poll(bs->pfd, (nfds_t)m, ms_left(deadline));
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) return tpc_error(NULL, TPC_ERR_SYSTEM, "%s: poll failed: %s", fn, strerror(errno));
+    *timed_out = r == 0 && ms_left(deadline) == 0;
+    return TPC_SUCCESS;
+  }
+}
+
 /* Receives one record on each of rx[0..n) concurrently: the header is checked against (peer, seq, len)
  * as soon as it is complete, the payload goes to dst. what names the record in messages. */
 static tpc_status_t rx_all(tpc_bootstrap_t* bs, rx_t* rx, int n, uint32_t seq, int64_t deadline, const char* fn,
@@ -374,12 +385,10 @@ static tpc_status_t rx_all(tpc_bootstrap_t* bs, rx_t* rx, int n, uint32_t seq, i
       bs->pfd[m].revents = 0;
       m++;
     }
-    int r = poll(bs->pfd, (nfds_t)m, ms_left(deadline));
-    if (r < 0) {
-      if (errno == EINTR) continue;
-      return tpc_error(NULL, TPC_ERR_SYSTEM, "%s: poll failed: %s", fn, strerror(errno));
-    }
-    if (r == 0 && ms_left(deadline) == 0) {
+    int timed_out = 0;
+    tpc_status_t ps = poll_pending(bs, m, deadline, fn, &timed_out);
+    if (ps != TPC_SUCCESS) return ps;
+    if (timed_out) {
       char msg[TPC_ERRMSG_LEN] = "";
       int k = 0;
       for (int i = 0; i < n; i++) {
@@ -441,12 +450,10 @@ static tpc_status_t tx_all(tpc_bootstrap_t* bs, tx_t* tx, int n, const uint8_t* 
       bs->pfd[m].revents = 0;
       m++;
     }
-    int r = poll(bs->pfd, (nfds_t)m, ms_left(deadline));
-    if (r < 0) {
-      if (errno == EINTR) continue;
-      return tpc_error(NULL, TPC_ERR_SYSTEM, "%s: poll failed: %s", fn, strerror(errno));
-    }
-    if (r == 0 && ms_left(deadline) == 0) {
+    int timed_out = 0;
+    tpc_status_t ps = poll_pending(bs, m, deadline, fn, &timed_out);
+    if (ps != TPC_SUCCESS) return ps;
+    if (timed_out) {
       char msg[TPC_ERRMSG_LEN] = "";
       int k = 0;
       for (int i = 0; i < n; i++)
