@@ -15,8 +15,8 @@
  * segments of rows (q rows and k rows), each with its own pointers, width and weight; the grid is split
  * so a block only ever holds rows of one segment. A row is handled by a group of `group` threads that
  * hold ITEMS vectors each (vector j of lane l covers elements (j*group + l)*8 ..+8, so every load
- * instruction of a group is contiguous). ITEMS is 1, 2, 4 or 8 by width (row_items; all loads of a row are
- * issued before the first use); group is a power of two <= 32 (sub-warp rows, shuffle reduction only) or a
+ * instruction of a group is contiguous). ITEMS is 1, 2, 4 or 8 by width and row count (row_items; all
+ * loads of a row are issued before the first use); group is a power of two <= 32 (sub-warp rows, shuffle reduction only) or a
  * multiple of 32 (warp shuffles, then the warps' partials through 2x32 floats of shared memory, double
  * buffered by iteration so one __syncthreads per row suffices). Block = 256 threads for narrow rows
  * (several rows per block), or `group` threads (up to 1024) for wide ones; grid = one block per
@@ -35,7 +35,8 @@
  * are evict-first (76.4 -> 76.0 us in the same run; the plain form and the row kernels got slower with it).
  *
  * Registers (ptxas, sm_90a, CUDA 13.0; no spills, no stack): norm_rows_kernel 31-34 with ITEMS 1-2 (full
- * occupancy), 58-64 with ITEMS 4-8 (bounded by __launch_bounds__(1024)); qk_per_head_kernel 40 for bf16
+ * occupancy), 58-64 with ITEMS 4-8 (bounded by __launch_bounds__(1024); half the threads per SM, measured
+ * faster for wide rows anyway, see row_items); qk_per_head_kernel 40 for bf16
  * (6 blocks of 256 per SM), 59 pipelined (4 blocks), and 46-48 for fp16 (5 blocks).
  *
  * PDL (sm_90+, launched with programmatic stream serialization unless TPCOMM_PDL=0): each block first
@@ -593,15 +594,23 @@ tpc_status_t check_hidden(const char* fn, const char* name, int64_t hidden) {
 bool aligned16(const void* p) { return (uintptr_t)p % 16 == 0; }
 
 /* ---- row launches ------------------------------------------------------------------------------------- */
-/* Vectors per thread for the widest row of the launch. Rows up to 1024 elements: one warp (or less) per row,
- * no shared memory. Up to 8192: 2 vectors per thread (32 registers, full occupancy, e.g. 8 blocks of 256 or
- * 4 of 512 per SM). Wider: 4, then 8 vectors per thread so a row still fits one block of <= 1024 threads. */
-int row_items(int64_t nvec) {
+/* Vectors per thread for the widest row (nvec vectors) of a launch of `rows` rows at most per segment. Rows up to
+ * 1024 elements: one warp (or less) per row, no shared memory. Wider rows: 4 vectors per thread (64 registers:
+ * half the threads per SM, but fewer threads to reduce a row over), 8 for the normalizing kernel above 8192
+ * elements when there are at least as many rows as SMs, and always 8 above 32768 so a row fits one block of
+ * <= 1024 threads; with fewer rows than SMs (latency-bound: more threads per row) the fused kernel keeps 2 up
+ * to 8192 elements. Measured on H200, graph, us (perf-log.md, fifth round; 2 / 4 / 8 vectors a thread):
+ * RMSNorm 1024 x 4096 5.56 / 5.29 / 6.46, 8192 x 8192 68.6 / 64.6 / 67.1, 4096 x 16384 83.5 / 69.7 / 67.1,
+ * 16384^2 318.6 / 269.2 / 261.1; across heads 2048 x (8192 + 8192) 36.0 / 33.9 / 38.7, 1 x (8192 + 8192)
+ * 1.98 / 1.70; fused 1 x 4096 1.84 / 2.09, 1024 x 4096 10.98 / 10.17, 16384^2 571 / 527 / 534. */
+int row_items(int64_t nvec, bool fused, int64_t rows, int sms) {
   if (nvec <= 32) return 1;
   if (nvec <= 64) return 2;
-  if (nvec <= 128) return 4;
-  if (nvec <= 1024) return 2;
-  return nvec <= 4096 ? 4 : 8;
+  if (nvec > 4096) return 8;
+  const bool few_rows = rows < sms; /* decode sizes keep the earlier choice (2 / 4) where unmeasured or slower */
+  if (fused && nvec > 128 && nvec <= 1024 && few_rows) return 2;
+  if (!fused && nvec > 1024 && !few_rows) return 8;
+  return 4;
 }
 
 /* threads per row for a row of nvec vectors at `items` vectors per thread */
@@ -617,13 +626,14 @@ int row_group(int64_t nvec, int items) {
 
 /* Fills group, rows_per_block and blocks of each segment; returns the block size, *items the vectors per
  * thread (set by the widest segment). */
-int plan_rows(RowArgs* a, int nseg, int* items_out) {
-  int64_t nvec_max = 0;
+int plan_rows(RowArgs* a, int nseg, bool fused, int sms, int* items_out) {
+  int64_t nvec_max = 0, rows_max = 0;
   for (int i = 0; i < nseg; i++) {
     const int64_t nvec = (a->seg[i].hidden + 7) / 8;
     if (nvec > nvec_max) nvec_max = nvec;
+    if (a->seg[i].rows > rows_max) rows_max = a->seg[i].rows;
   }
-  const int items = row_items(nvec_max);
+  const int items = row_items(nvec_max, fused, rows_max, sms);
   *items_out = items;
   int block = 32;
   for (int i = 0; i < nseg; i++) {
@@ -647,6 +657,22 @@ int plan_rows(RowArgs* a, int nseg, int* items_out) {
   return block;
 }
 
+/* One segment of rows as the public launchers describe it; plan_rows fills the rest. */
+RowSeg row_seg(const void* in, void* out, void* res, const void* w, int64_t rows, int64_t hidden, int64_t in_stride,
+               int64_t out_stride, int64_t res_stride) {
+  RowSeg s = {};
+  s.in = (const uint16_t*)in;
+  s.out = (uint16_t*)out;
+  s.res = (uint16_t*)res;
+  s.w = (const uint16_t*)w;
+  s.rows = rows;
+  s.hidden = (int)hidden;
+  s.in_stride = in_stride;
+  s.out_stride = out_stride;
+  s.res_stride = res_stride;
+  return s;
+}
+
 template <typename T, int VEC, bool FUSED>
 tpc_status_t launch_rows_items(const char* fn, const RowArgs& a, int items, int block, bool pdl, cudaStream_t stream) {
   const int64_t grid = a.total_blocks < 0x7fffffffLL ? a.total_blocks : 0x7fffffffLL;
@@ -666,7 +692,7 @@ tpc_status_t launch_rows(const char* fn, RowArgs* a, int nseg, bool fused, bool 
   bool pdl = false;
   TPC_CHECK(launch_setup(fn, &d, &pdl));
   int items = 0;
-  const int block = plan_rows(a, nseg, &items);
+  const int block = plan_rows(a, nseg, fused, d.sms, &items);
   a->prefetch_blocks = fused ? 0 : (int64_t)d.sms * (2048 / block); /* at most the first wave */
   const bool bf16 = dtype == TPC_BFLOAT16;
   if (fused) {
@@ -774,15 +800,7 @@ extern "C" tpc_status_t tpc_rmsnorm(void* out, const void* in, const void* weigh
                     out_stride % 8 == 0;
   RowArgs a = {};
   a.eps = eps;
-  RowSeg& s = a.seg[0];
-  s.in = (const uint16_t*)in;
-  s.out = (uint16_t*)out;
-  s.res = NULL;
-  s.w = (const uint16_t*)weight;
-  s.rows = rows;
-  s.hidden = (int)hidden;
-  s.in_stride = in_stride;
-  s.out_stride = out_stride;
+  a.seg[0] = row_seg(in, out, NULL, weight, rows, hidden, in_stride, out_stride, 0);
   return launch_rows(fn, &a, 1, false, vec8, dtype, stream);
 }
 
@@ -805,16 +823,7 @@ extern "C" tpc_status_t tpc_fused_add_rmsnorm(void* x, void* residual, const voi
                     residual_stride % 8 == 0;
   RowArgs a = {};
   a.eps = eps;
-  RowSeg& s = a.seg[0];
-  s.in = (const uint16_t*)x;
-  s.out = (uint16_t*)x;
-  s.res = (uint16_t*)residual;
-  s.w = (const uint16_t*)weight;
-  s.rows = rows;
-  s.hidden = (int)hidden;
-  s.in_stride = x_stride;
-  s.out_stride = x_stride;
-  s.res_stride = residual_stride;
+  a.seg[0] = row_seg(x, x, residual, weight, rows, hidden, x_stride, x_stride, residual_stride);
   return launch_rows(fn, &a, 1, true, vec8, dtype, stream);
 }
 
@@ -839,20 +848,8 @@ extern "C" tpc_status_t tpc_qk_rmsnorm_across_heads(void* q, void* k, const void
                     k_hidden % 8 == 0 && q_stride % 8 == 0 && k_stride % 8 == 0;
   RowArgs a = {};
   a.eps = eps;
-  void* const ptr[2] = {q, k};
-  const void* const wt[2] = {q_weight, k_weight};
-  const int64_t hid[2] = {q_hidden, k_hidden}, str[2] = {q_stride, k_stride};
-  for (int i = 0; i < 2; i++) {
-    RowSeg& s = a.seg[i];
-    s.in = (const uint16_t*)ptr[i];
-    s.out = (uint16_t*)ptr[i];
-    s.res = NULL;
-    s.w = (const uint16_t*)wt[i];
-    s.rows = tokens;
-    s.hidden = (int)hid[i];
-    s.in_stride = str[i];
-    s.out_stride = str[i];
-  }
+  a.seg[0] = row_seg(q, q, NULL, q_weight, tokens, q_hidden, q_stride, q_stride, 0);
+  a.seg[1] = row_seg(k, k, NULL, k_weight, tokens, k_hidden, k_stride, k_stride, 0);
   return launch_rows(fn, &a, 2, false, vec8, dtype, stream);
 }
 
