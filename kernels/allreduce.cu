@@ -12,7 +12,9 @@
  * NaN). After reading a vector the reader writes all-ones back (re-arms). Two slots alternate: a peer
  * can be at most one call ahead (it cannot finish call e+1 without my data of e+1, which I send only
  * after I finished reading call e), so slot e&1 is never written for e+2 before I re-armed it in e.
- * Epochs are per block and every launch uses the same grid, so all blocks of all ranks agree.
+ * Epochs are per block and every launch uses the same grid, so all blocks of all ranks agree. At two ranks
+ * the kernel is compiled for exactly two (NR = 2: no loops over absent peers) and issues the first polls
+ * of a thread's kept vectors together (reduce_kept_pair).
  *
  * Two-shot pull: the input is split into N chunks; rank r owns chunk r. Phase 1 copies the other chunks
  * of the input into this rank's pull buffer; barrier; phase 2 reads chunk r from every rank's pull buffer
@@ -41,19 +43,21 @@ using namespace tpc;
 /* ---- one-shot push ------------------------------------------------------------------------------- */
 constexpr int kKeep = 4; /* input vectors a thread keeps in registers between push and reduce */
 
-/* Sends vector v (already sanitized) to every peer: dst[p] = slot [epoch][my rank] of peer p. */
-__device__ __forceinline__ void push_vec(const tpc_ar_args_t& a, char* const (&dst)[TPC_AR_MAX_RANKS], size_t v, uint4 x) {
+/* Sends vector v (already sanitized) to every peer: dst[p] = slot [epoch][my rank] of peer p. n = ranks (a
+ * compile-time constant where the kernel is specialized, so the loop over peers disappears). */
+__device__ __forceinline__ void push_vec(const tpc_ar_args_t& a, int n, char* const (&dst)[TPC_AR_MAX_RANKS], size_t v,
+                                         uint4 x) {
 #pragma unroll
   for (int p = 0; p < TPC_AR_MAX_RANKS; p++)
-    if (p < a.nranks && p != a.rank) st_volatile_v4(dst[p] + v * 16, x);
+    if (p < n && p != a.rank) st_volatile_v4(dst[p] + v * 16, x);
 }
 
 /* Waits for every peer's vector v in my slots, re-arms them, reduces in rank order with my own vector
  * `own`, writes the output. False when the wait was given up. */
 template <typename T>
-__device__ __forceinline__ bool reduce_vec(const tpc_ar_args_t& a, char* mine, size_t v, uint4 own, T* out,
+__device__ __forceinline__ bool reduce_vec(const tpc_ar_args_t& a, int n, char* mine, size_t v, uint4 own, T* out,
                                            size_t count, bool aligned, Waiter& w) {
-  const int rank = a.rank, n = a.nranks;
+  const int rank = a.rank;
   uint4 x[TPC_AR_MAX_RANKS];
 #pragma unroll
   for (int p = 0; p < TPC_AR_MAX_RANKS; p++)
@@ -79,14 +83,48 @@ __device__ __forceinline__ bool reduce_vec(const tpc_ar_args_t& a, char* mine, s
   return true;
 }
 
+/* Two ranks: reduce_vec for the kept group (the thread's first kKeep vectors), with the first poll of every
+ * kept vector issued before any wait, so the polls' round trips overlap instead of following one another.
+ * Same arithmetic order as reduce_vec (x0 + x1). Measured with the rank count fixed at compile time (2 x H200,
+ * graph): 256 KiB 3.31 -> 3.19 us, 1 MiB 5.75 -> 5.61, 4 MiB 16.47 -> 15.82 (perf-log.md, fifth round). */
+template <typename T>
+__device__ __forceinline__ bool reduce_kept_pair(const tpc_ar_args_t& a, char* mine, size_t first, size_t stride,
+                                                 size_t nvec, const uint4 (&keep)[kKeep], T* out, size_t count,
+                                                 bool aligned, Waiter& w) {
+  const int peer = a.rank ^ 1;
+  char* const slot = mine + (size_t)peer * a.push_slot_bytes;
+  uint4 x[kKeep];
+#pragma unroll
+  for (int u = 0; u < kKeep; u++)
+    if (first + u * stride < nvec) x[u] = ld_volatile_v4(slot + (first + u * stride) * 16);
+#pragma unroll
+  for (int u = 0; u < kKeep; u++) {
+    const size_t v = first + u * stride;
+    if (v >= nvec) break;
+    char* src = slot + v * 16;
+    while (has_empty<T>(x[u])) {
+      if (w.give_up(peer, 1)) return false;
+      x[u] = ld_volatile_v4(src);
+    }
+    *reinterpret_cast<uint4*>(src) = make_uint4(kEmpty, kEmpty, kEmpty, kEmpty); /* re-arm */
+    Acc<T> acc;
+    acc.set(a.rank == 0 ? keep[u] : x[u]);
+    acc.add(a.rank == 0 ? x[u] : keep[u]);
+    store_out(out, v, count, aligned, acc.pack());
+  }
+  return true;
+}
+
 /* STREAM (messages of more than one group, kKeep vectors a thread): after the first group, pushes run one
  * group ahead of the reduces (push v + group, then reduce v) instead of all pushes first, so the local traffic
  * of a large message (slots, re-arm, output) overlaps its NVLink traffic; measured 64 MiB 285 -> 203 us with
- * 64 MiB slots (perf-log.md). Without STREAM the code is the original small-message path. */
-template <typename T, bool STREAM>
+ * 64 MiB slots (perf-log.md). Without STREAM the code is the original small-message path.
+ * NR: the rank count when fixed at compile time (2), 0 = a.nranks at run time. */
+template <typename T, bool STREAM, int NR>
 __global__ void __launch_bounds__(512) oneshot_push_kernel(tpc_ar_args_t a, const T* in, T* out, size_t count,
                                                            bool aligned) {
   constexpr int E = Elem<T>::kPerVec;
+  const int n = NR ? NR : a.nranks;
   const size_t nvec = (count + E - 1) / E;
   const size_t stride = (size_t)gridDim.x * blockDim.x;
   const size_t first = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -95,7 +133,7 @@ __global__ void __launch_bounds__(512) oneshot_push_kernel(tpc_ar_args_t a, cons
   char* dst[TPC_AR_MAX_RANKS];
 #pragma unroll
   for (int p = 0; p < TPC_AR_MAX_RANKS; p++) {
-    dst[p] = (char*)a.push[p < a.nranks ? p : 0] + (size_t)a.rank * a.push_slot_bytes;
+    dst[p] = (char*)a.push[p < n ? p : 0] + (size_t)a.rank * a.push_slot_bytes;
     asm volatile("" : "+l"(dst[p]));
   }
   char* mine = (char*)a.push[a.rank];
@@ -109,30 +147,35 @@ __global__ void __launch_bounds__(512) oneshot_push_kernel(tpc_ar_args_t a, cons
 #pragma unroll
   for (int u = 0; u < kKeep; u++)
     if (first + u * stride < nvec) keep[u] = sanitize<T>(load_in(in, first + u * stride, count, aligned));
-  const size_t slot = (size_t)(epoch & 1u) * a.nranks * a.push_slot_bytes;
+  const size_t slot = (size_t)(epoch & 1u) * n * a.push_slot_bytes;
 #pragma unroll
   for (int p = 0; p < TPC_AR_MAX_RANKS; p++) dst[p] += slot;
   mine += slot;
 
 #pragma unroll
   for (int u = 0; u < kKeep; u++)
-    if (first + u * stride < nvec) push_vec(a, dst, first + u * stride, keep[u]);
+    if (first + u * stride < nvec) push_vec(a, n, dst, first + u * stride, keep[u]);
   const size_t group = kKeep * stride;
   /* STREAM: the second group now, the others one group ahead of the reduces below; otherwise everything */
   const size_t push_end = STREAM ? (first + 2 * group < nvec ? first + 2 * group : nvec) : nvec;
   for (size_t v = first + group; v < push_end; v += stride)
-    push_vec(a, dst, v, sanitize<T>(load_in(in, v, count, aligned)));
+    push_vec(a, n, dst, v, sanitize<T>(load_in(in, v, count, aligned)));
 
   Waiter w(a);
   bool ok = true;
+  if constexpr (NR == 2) {
+    ok = reduce_kept_pair<T>(a, mine, first, stride, nvec, keep, out, count, aligned, w);
+  } else {
 #pragma unroll
-  for (int u = 0; u < kKeep; u++)
-    if (ok && first + u * stride < nvec) ok = reduce_vec<T>(a, mine, first + u * stride, keep[u], out, count, aligned, w);
+    for (int u = 0; u < kKeep; u++)
+      if (ok && first + u * stride < nvec)
+        ok = reduce_vec<T>(a, n, mine, first + u * stride, keep[u], out, count, aligned, w);
+  }
   /* in place: in[v] is still the input (a thread writes out[v] only after its own last read of in[v]) */
   for (size_t v = first + group; ok && v < nvec; v += stride) {
     if (STREAM && v + group < nvec) /* the next group's vector (groups 0 and 1 were pushed above) */
-      push_vec(a, dst, v + group, sanitize<T>(load_in(in, v + group, count, aligned)));
-    ok = reduce_vec<T>(a, mine, v, sanitize<T>(load_in(in, v, count, aligned)), out, count, aligned, w);
+      push_vec(a, n, dst, v + group, sanitize<T>(load_in(in, v + group, count, aligned)));
+    ok = reduce_vec<T>(a, n, mine, v, sanitize<T>(load_in(in, v, count, aligned)), out, count, aligned, w);
   }
 
   __syncthreads(); /* every thread has read the epoch */
@@ -268,10 +311,12 @@ cudaError_t launch_typed(int algo, const tpc_ar_args_t* a, const void* in, void*
 
   cudaLaunchAttribute attr[1];
   cudaLaunchConfig_t cfg = pdl_launch_config(dim3((unsigned)a->blocks), dim3((unsigned)threads), 0, stream, pdl, attr);
-  if (algo == 1 && nvec > (size_t)kKeep * a->blocks * threads)
-    return cudaLaunchKernelEx(&cfg, oneshot_push_kernel<T, true>, *a, (const T*)in, (T*)out, count, aligned);
-  if (algo == 1)
-    return cudaLaunchKernelEx(&cfg, oneshot_push_kernel<T, false>, *a, (const T*)in, (T*)out, count, aligned);
+  if (algo == 1) {
+    const bool stream_form = nvec > (size_t)kKeep * a->blocks * threads, two = a->nranks == 2;
+    auto kernel = stream_form ? (two ? oneshot_push_kernel<T, true, 2> : oneshot_push_kernel<T, true, 0>)
+                              : (two ? oneshot_push_kernel<T, false, 2> : oneshot_push_kernel<T, false, 0>);
+    return cudaLaunchKernelEx(&cfg, kernel, *a, (const T*)in, (T*)out, count, aligned);
+  }
   return cudaLaunchKernelEx(&cfg, twoshot_pull_kernel<T>, *a, (const T*)in, (T*)out, count, aligned);
 }
 
