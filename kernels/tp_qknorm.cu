@@ -14,6 +14,8 @@
  * the token count: few tokens spread a row over many lanes (latency), many tokens use more vectors per
  * lane so that all of them fit in one wave. The grid is at most what is resident at once (groups of a
  * rank wait for the peers' groups, so no block may wait for a free SM).
+ * At two ranks the kernel is compiled for exactly two (NR = 2; measured 1 token 2.74 -> 2.64 us, no change
+ * from 4 tokens up, perf-log.md fifth round); NR = 0 reads the rank count at run time.
  * Slot parity: one epoch per block entry; a block advances its own entry and the entries a smaller grid
  * lacks (b + k * grid), so all entries stay equal between calls whatever the grid; as in the one-shot
  * all-reduce (allreduce.cu) a peer is at most one call ahead, so two slots suffice.
@@ -211,7 +213,7 @@ __device__ __forceinline__ float2 group_sum(float a, float b, const Group& gr, f
   return warp_sum2(l < gr.W ? part[buf][w0 + l] : make_float2(0.f, 0.f));
 }
 
-template <typename T, int J, int kMaxThreads>
+template <typename T, int J, int kMaxThreads, int NR>
 __global__ void __launch_bounds__(kMaxThreads) qk_fused_kernel(tpc_ar_args_t a, tpc_qk_problem_t p, int W) {
   __shared__ float2 s_part[2][16]; /* warp sums: at most 16 warps a block */
   /* 512-thread blocks with J >= 5 (at most 128 registers a thread): weights re-read per token, first row
@@ -221,7 +223,7 @@ __global__ void __launch_bounds__(kMaxThreads) qk_fused_kernel(tpc_ar_args_t a, 
   const int G = blockDim.x / gr.L;
   const int64_t groups = (int64_t)gridDim.x * G;
   const int64_t first = (int64_t)blockIdx.x * G + gr.g;
-  const int n = a.nranks, rank = a.rank, lane = threadIdx.x & 31;
+  const int n = NR ? NR : a.nranks, rank = a.rank, lane = threadIdx.x & 31;
   const size_t M = a.norm_max_tokens;
   /* Per-warp sums while tokens x W entries fit a rank's region (every warp pushes its own sum: nothing
    * waits for the group before the push), else one sum per token (the group's, after a named barrier).
@@ -379,8 +381,8 @@ cudaError_t launch_unfused(int kind, const tpc_qk_problem_t* p, float* sums, int
   return cudaLaunchKernelEx(&cfg, qk_apply_kernel<T, J>, *p, (const float2*)sums);
 }
 
-/* Blocks of the fused kernel one SM holds, per (dtype, J, threads / 32); computed once each. */
-std::atomic<int> g_fused_occupancy[2][9][17];
+/* Blocks of the fused kernel one SM holds, per (two ranks, dtype, J, threads / 32); computed once each. */
+std::atomic<int> g_fused_occupancy[2][2][9][17];
 
 /* Groups of up to 8 warps: blocks of at most 256 threads (up to 255 registers a thread: row, next row and
  * weights stay in registers up to J = 8). Groups of 9 to 16 warps: one group per block of up to 512
@@ -392,8 +394,10 @@ cudaError_t launch_fused_j(const tpc_ar_args_t* a, const tpc_qk_problem_t* p, in
   if (p->tokens < G) G = (int)p->tokens;
   const int threads = G * L;
   if (L > 512) return cudaErrorInvalidValue;
-  const void* kernel = L <= 256 ? (const void*)qk_fused_kernel<T, J, 256> : (const void*)qk_fused_kernel<T, J, 512>;
-  std::atomic<int>& occ = g_fused_occupancy[p->dtype == 1][J][threads / 32];
+  const bool two = a->nranks == 2;
+  auto kernel = L <= 256 ? (two ? qk_fused_kernel<T, J, 256, 2> : qk_fused_kernel<T, J, 256, 0>)
+                         : (two ? qk_fused_kernel<T, J, 512, 2> : qk_fused_kernel<T, J, 512, 0>);
+  std::atomic<int>& occ = g_fused_occupancy[two][p->dtype == 1][J][threads / 32];
   int per_sm = occ.load(std::memory_order_relaxed);
   if (per_sm == 0) {
     cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, 0);
@@ -411,8 +415,7 @@ cudaError_t launch_fused_j(const tpc_ar_args_t* a, const tpc_qk_problem_t* p, in
   if (blocks > TPC_QK_MAX_BLOCKS) blocks = TPC_QK_MAX_BLOCKS;
   cudaLaunchAttribute attr[1];
   cudaLaunchConfig_t cfg = config((int)blocks, threads, pdl, stream, attr);
-  if (L <= 256) return cudaLaunchKernelEx(&cfg, qk_fused_kernel<T, J, 256>, *a, *p, W);
-  return cudaLaunchKernelEx(&cfg, qk_fused_kernel<T, J, 512>, *a, *p, W);
+  return cudaLaunchKernelEx(&cfg, kernel, *a, *p, W);
 }
 
 template <typename T>
