@@ -9,7 +9,8 @@
  * The two direct NCCL columns use the ncclComm_t of the tpcomm communicator (tpc_comm_nccl) and are left
  * out when it has none. Per size and implementation: one checked call (fresh random inputs from a seed of
  * (size, implementation, rank), CPU reference over every rank's regenerated inputs), then timing (eager:
- * warm-up + events around `iters` calls; graph: `iters` calls in one graph, replayed), per-rank times
+ * warm-up + 3 blocks of `iters` calls; graph: `iters` calls in one graph, 3 blocks of replays; the median
+ * block, bench_common.h), per-rank times
  * averaged over ranks as nccl-tests does.
  *
  * Relies on: bench_common (setup, timing, cross-rank helpers, output); every rank taking the same path
@@ -109,7 +110,7 @@ void bench_allreduce_usage(FILE* f) {
           "  -c, --check 0|1        check each implementation's result at each size (default 1)\n"
           "  -d, --datatype T       bfloat16|half|float, also bf16|fp16|fp32 (default bfloat16)\n"
           "  -G, --graph [N]        time inside one CUDA graph: `iters` calls captured, one warm-up replay,\n"
-          "                         N timed replays (default N %d; -G 0 = eager, the default mode)\n"
+          "                         3 blocks of N timed replays, the median block (default N %d; -G 0 = eager)\n"
           "      --inplace          sendbuf == recvbuf (default out of place)\n"
           "      --impl LIST        comma list of auto,oneshot,twoshot,nccl,ncclsymm,nccldirect or all\n"
           "                         (default all)\n"
@@ -581,9 +582,10 @@ static void print_run_header(ar_bench_t* b, FILE* f) {
   char lo[32], hi[32];
   bench_printf(f, "# allreduce: %s sum, %s, ", bench_dtype_name(o->dtype), o->inplace ? "in place" : "out of place");
   if (o->graph_reps > 0)
-    bench_printf(f, "mode graph (%ld calls captured in one graph, 1 warm-up + %ld timed replays)\n", o->iters,
-                 o->graph_reps);
-  else bench_printf(f, "mode eager (%ld warm-up + %ld timed calls)\n", o->warmup, o->iters);
+    bench_printf(f, "mode graph (%ld calls captured in one graph, 1 warm-up + %d blocks of %ld timed replays, median block)\n",
+                 o->iters, BENCH_TIMING_BLOCKS, o->graph_reps);
+  else bench_printf(f, "mode eager (%ld warm-up + %d blocks of %ld timed calls, median block)\n", o->warmup,
+                    BENCH_TIMING_BLOCKS, o->iters);
   bench_printf(f, "# sizes: %s to %s bytes, x%ld; check: ", bench_format_bytes(o->minbytes, lo, sizeof lo),
                bench_format_bytes(o->maxbytes, hi, sizeof hi), o->stepfactor);
   if (o->check)

@@ -369,8 +369,7 @@ static bench_rc_t init_comm(bench_ctx_t* ctx) {
 
 static bench_rc_t init_stream(bench_ctx_t* ctx) {
   BENCH_CHECK_CUDA(cudaStreamCreateWithFlags(&ctx->stream, cudaStreamNonBlocking));
-  BENCH_CHECK_CUDA(cudaEventCreate(&ctx->ev_start));
-  BENCH_CHECK_CUDA(cudaEventCreate(&ctx->ev_stop));
+  for (int i = 0; i <= BENCH_TIMING_BLOCKS; i++) BENCH_CHECK_CUDA(cudaEventCreate(&ctx->ev[i]));
   ctx->scratch_count = 4096;
   BENCH_CHECK_CUDA(cudaMalloc((void**)&ctx->d_scratch, ctx->scratch_count * sizeof(float)));
   return BENCH_OK;
@@ -399,11 +398,12 @@ bench_rc_t bench_ctx_finish(bench_ctx_t* ctx) {
   bench_rc_t rc = BENCH_OK;
   if (ctx->stream) bench_keep_first(&rc, cuda_cleanup(cudaStreamSynchronize(ctx->stream), "cudaStreamSynchronize"));
   if (ctx->d_scratch) bench_keep_first(&rc, cuda_cleanup(cudaFree(ctx->d_scratch), "cudaFree(scratch)"));
-  if (ctx->ev_start) bench_keep_first(&rc, cuda_cleanup(cudaEventDestroy(ctx->ev_start), "cudaEventDestroy"));
-  if (ctx->ev_stop) bench_keep_first(&rc, cuda_cleanup(cudaEventDestroy(ctx->ev_stop), "cudaEventDestroy"));
+  for (int i = 0; i <= BENCH_TIMING_BLOCKS; i++) {
+    if (ctx->ev[i]) bench_keep_first(&rc, cuda_cleanup(cudaEventDestroy(ctx->ev[i]), "cudaEventDestroy"));
+    ctx->ev[i] = NULL;
+  }
   if (ctx->stream) bench_keep_first(&rc, cuda_cleanup(cudaStreamDestroy(ctx->stream), "cudaStreamDestroy"));
   ctx->d_scratch = NULL;
-  ctx->ev_start = ctx->ev_stop = NULL;
   ctx->stream = NULL;
   if (ctx->comm) {
     tpc_status_t st = tpc_comm_destroy(ctx->comm);
@@ -546,10 +546,27 @@ bench_rc_t bench_run_once(bench_ctx_t* ctx, bench_op_t op, int graph) {
   return err == cudaSuccess ? BENCH_OK : bench_cuda_fail(err, "cudaGraphLaunch/cudaStreamSynchronize", __FILE__, __LINE__);
 }
 
-/* Milliseconds between the context's start and stop events, after waiting for stop. */
+/* Milliseconds between events ev[0] and ev[1], after waiting for ev[1]. */
 static bench_rc_t elapsed_ms(bench_ctx_t* ctx, float* ms) {
-  BENCH_CHECK_CUDA(cudaEventSynchronize(ctx->ev_stop));
-  BENCH_CHECK_CUDA(cudaEventElapsedTime(ms, ctx->ev_start, ctx->ev_stop));
+  BENCH_CHECK_CUDA(cudaEventSynchronize(ctx->ev[1]));
+  BENCH_CHECK_CUDA(cudaEventElapsedTime(ms, ctx->ev[0], ctx->ev[1]));
+  return BENCH_OK;
+}
+
+/* The median of the BENCH_TIMING_BLOCKS blocks between ev[0] .. ev[BENCH_TIMING_BLOCKS], after waiting for
+ * the last. */
+static bench_rc_t median_block_ms(bench_ctx_t* ctx, float* ms) {
+  float t[BENCH_TIMING_BLOCKS];
+  BENCH_CHECK_CUDA(cudaEventSynchronize(ctx->ev[BENCH_TIMING_BLOCKS]));
+  for (int b = 0; b < BENCH_TIMING_BLOCKS; b++) {
+    BENCH_CHECK_CUDA(cudaEventElapsedTime(&t[b], ctx->ev[b], ctx->ev[b + 1]));
+    for (int i = b; i > 0 && t[i] < t[i - 1]; i--) { /* insertion sort */
+      const float x = t[i];
+      t[i] = t[i - 1];
+      t[i - 1] = x;
+    }
+  }
+  *ms = t[BENCH_TIMING_BLOCKS / 2];
   return BENCH_OK;
 }
 
@@ -557,25 +574,30 @@ bench_rc_t bench_time_eager(bench_ctx_t* ctx, bench_op_t op, int warmup, int ite
   float ms = 0;
   BENCH_CHECK(bench_barrier(ctx));
   for (int i = 0; i < warmup; i++) BENCH_CHECK(op.fn(op.arg, ctx->stream));
-  BENCH_CHECK_CUDA(cudaEventRecord(ctx->ev_start, ctx->stream));
-  for (int i = 0; i < iters; i++) BENCH_CHECK(op.fn(op.arg, ctx->stream));
-  BENCH_CHECK_CUDA(cudaEventRecord(ctx->ev_stop, ctx->stream));
-  BENCH_CHECK(elapsed_ms(ctx, &ms));
+  BENCH_CHECK_CUDA(cudaEventRecord(ctx->ev[0], ctx->stream));
+  for (int b = 0; b < BENCH_TIMING_BLOCKS; b++) {
+    for (int i = 0; i < iters; i++) BENCH_CHECK(op.fn(op.arg, ctx->stream));
+    BENCH_CHECK_CUDA(cudaEventRecord(ctx->ev[b + 1], ctx->stream));
+  }
+  BENCH_CHECK(median_block_ms(ctx, &ms));
   *us = (double)ms * 1e3 / iters;
   return BENCH_OK;
 }
 
-/* Barrier, one warm-up replay, then events around `reps` replays of exec. The warm-up is not waited for:
+/* Barrier, one warm-up replay, then BENCH_TIMING_BLOCKS blocks of `reps` replays of exec; *ms = the median
+ * block. The warm-up is not waited for:
  * the start event fires when it completes on the GPU, and for a collective that is when every rank is
  * already running its replays in step, so the ranks' host-side launch skew (processes leave the barrier and
  * the synchronize at different times; spread over only 250 calls of ~2 us) stays out of the timed span. */
 static bench_rc_t replay_timed(bench_ctx_t* ctx, cudaGraphExec_t exec, int reps, float* ms) {
   BENCH_CHECK(bench_barrier(ctx));
   BENCH_CHECK_CUDA(cudaGraphLaunch(exec, ctx->stream));
-  BENCH_CHECK_CUDA(cudaEventRecord(ctx->ev_start, ctx->stream));
-  for (int r = 0; r < reps; r++) BENCH_CHECK_CUDA(cudaGraphLaunch(exec, ctx->stream));
-  BENCH_CHECK_CUDA(cudaEventRecord(ctx->ev_stop, ctx->stream));
-  return elapsed_ms(ctx, ms);
+  BENCH_CHECK_CUDA(cudaEventRecord(ctx->ev[0], ctx->stream));
+  for (int b = 0; b < BENCH_TIMING_BLOCKS; b++) {
+    for (int r = 0; r < reps; r++) BENCH_CHECK_CUDA(cudaGraphLaunch(exec, ctx->stream));
+    BENCH_CHECK_CUDA(cudaEventRecord(ctx->ev[b + 1], ctx->stream));
+  }
+  return median_block_ms(ctx, ms);
 }
 
 bench_rc_t bench_time_graph(bench_ctx_t* ctx, bench_op_t op, int iters, int reps, double* us) {
@@ -596,9 +618,9 @@ bench_rc_t bench_time_graph(bench_ctx_t* ctx, bench_op_t op, int iters, int reps
 static bench_rc_t time_copies(bench_ctx_t* ctx, void* dst, void* src, size_t bytes, int reps, float* ms) {
   BENCH_CHECK_CUDA(cudaMemsetAsync(src, 1, bytes, ctx->stream));
   for (int i = 0; i < 3; i++) BENCH_CHECK_CUDA(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, ctx->stream));
-  BENCH_CHECK_CUDA(cudaEventRecord(ctx->ev_start, ctx->stream));
+  BENCH_CHECK_CUDA(cudaEventRecord(ctx->ev[0], ctx->stream));
   for (int i = 0; i < reps; i++) BENCH_CHECK_CUDA(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, ctx->stream));
-  BENCH_CHECK_CUDA(cudaEventRecord(ctx->ev_stop, ctx->stream));
+  BENCH_CHECK_CUDA(cudaEventRecord(ctx->ev[1], ctx->stream));
   return elapsed_ms(ctx, ms);
 }
 

@@ -153,13 +153,18 @@ uint64_t bench_seed(uint64_t a, uint64_t b, uint64_t c);
 
 typedef enum { BENCH_LAUNCH_SINGLE = 0, BENCH_LAUNCH_TPCOMM_RUN = 1, BENCH_LAUNCH_MPI = 2 } bench_launch_t;
 
+/* A measurement times this many back-to-back blocks (each: `iters` eager calls, or `reps` graph replays) with
+ * no synchronization between them and reports the median block, so one disturbed block (a late launch, a
+ * clock change) does not move the result. */
+#define BENCH_TIMING_BLOCKS 3
+
 typedef struct bench_ctx {
   tpc_comm_t comm;
   int rank, nranks, device;
   bench_launch_t launch;
   int mpi_initialized;
   cudaStream_t stream; /* non-blocking; every measurement runs on it */
-  cudaEvent_t ev_start, ev_stop;
+  cudaEvent_t ev[BENCH_TIMING_BLOCKS + 1]; /* boundaries of the timed blocks of one measurement */
   void* nccl;      /* the communicator's ncclComm_t, or NULL when it has none */
   float* d_scratch; /* device floats for the cross-rank helpers */
   size_t scratch_count;

@@ -14,8 +14,8 @@
  *            TFLOP/s
  *   fp8      tpc_gemm_fp8 at the merged shape (m = 16, 4096, 8192) and 8192^3, outer-vector vs epilogue
  *            scaling (n/a where cuBLASLt refuses outer-vector scaling)
- * Every measurement runs eagerly (warm-up + events around `iters` calls) and inside a CUDA graph (`iters`
- * calls captured, replayed `reps` times). Each shape is checked once before timing (quantization bit for bit
+ * Every measurement runs eagerly (warm-up + `iters` calls) and inside a CUDA graph (`iters` calls captured,
+ * replayed `reps` times), each timed as 3 back-to-back blocks whose median is reported (bench_common.h). Each shape is checked once before timing (quantization bit for bit
  * against tests/ref/quant_ref.c on sampled rows; GEMMs against an fp64 CPU product on sampled rows).
  * With --l2 cold (default) the inputs that would fit in L2 are rotated over enough copies (> 2x the L2
  * size) that every call reads them from DRAM, as the floors assume; --l2 warm uses one copy.

@@ -5,7 +5,7 @@
  * to 1 GiB, bytes read + written, like anchors/anchor_kernels_compiled.py). Then per kernel and shape: one
  * checked call (sampled rows against the fp64 CPU reference of tests/ref/norm_ref.c), the time per call eagerly (CUDA events around
  * `iters` back-to-back calls after a warm-up) and inside a CUDA graph (`graph_calls` calls captured in one
- * graph and replayed; the decode case), the bytes the call must move (read + written, weights included), the
+ * graph and replayed; the decode case), each the median of 3 back-to-back timed blocks (bench_common.h), the bytes the call must move (read + written, weights included), the
  * floor = bytes / copy bandwidth, and floor / time in percent. Calls rotate over enough buffer sets that the
  * sets together exceed twice the L2 cache (at most 64 sets), so mid-size inputs come from DRAM as in a
  * model; the tiny decode shapes stay L2-resident, as they would right after the producing GEMM.
@@ -585,8 +585,9 @@ static void print_run_header(kn_bench_t* kb, FILE* f) {
   const kn_opts_t* o = kb->o;
   bench_printf(f,
                "# kernels-norm: %s, eps %g; eager: %ld warm-up + %ld timed calls; graph: %ld calls captured, "
-               "1 warm-up + %ld timed replays\n",
-               bench_dtype_name(o->dtype), (double)KN_EPS, o->warmup, o->iters, o->graph_calls, o->graph_reps);
+               "1 warm-up + %ld timed replays; each timed %d times back to back, the median reported\n",
+               bench_dtype_name(o->dtype), (double)KN_EPS, o->warmup, o->iters, o->graph_calls, o->graph_reps,
+               BENCH_TIMING_BLOCKS);
   bench_printf(f, "# L2 cache: %.0f MB; buffer sets rotate until they exceed twice that (at most %d sets)\n",
                (double)kb->l2_bytes / 1e6, KN_MAX_SETS);
   if (o->check)
