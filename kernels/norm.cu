@@ -591,6 +591,23 @@ tpc_status_t check_hidden(const char* fn, const char* name, int64_t hidden) {
   return TPC_SUCCESS;
 }
 
+/* The checks tpc_rmsnorm and tpc_fused_add_rmsnorm share, in the order their messages are tested: two row
+ * buffers (a, b) with their strides, the weight, dtype, rows, hidden, eps. */
+tpc_status_t check_row_args(const char* fn, const char* a_name, const void* a, const char* b_name, const void* b,
+                            const void* weight, tpc_dtype_t dtype, int64_t rows, int64_t hidden,
+                            const char* a_stride_name, int64_t a_stride, const char* b_stride_name, int64_t b_stride,
+                            float eps) {
+  TPC_CHECK(check_ptr(fn, a_name, a));
+  TPC_CHECK(check_ptr(fn, b_name, b));
+  TPC_CHECK(check_ptr(fn, "weight", weight));
+  TPC_CHECK(check_dtype(fn, dtype));
+  TPC_CHECK(check_positive(fn, "rows", rows));
+  TPC_CHECK(check_hidden(fn, "hidden", hidden));
+  TPC_CHECK(check_stride(fn, a_stride_name, a_stride, hidden, "hidden", rows));
+  TPC_CHECK(check_stride(fn, b_stride_name, b_stride, hidden, "hidden", rows));
+  return check_eps(fn, eps);
+}
+
 bool aligned16(const void* p) { return (uintptr_t)p % 16 == 0; }
 
 /* ---- row launches ------------------------------------------------------------------------------------- */
@@ -783,15 +800,8 @@ extern "C" tpc_status_t tpc_rmsnorm(void* out, const void* in, const void* weigh
                                     int64_t in_stride, int64_t out_stride, float eps, tpc_dtype_t dtype,
                                     cudaStream_t stream) {
   static const char fn[] = "tpc_rmsnorm";
-  TPC_CHECK(check_ptr(fn, "out", out));
-  TPC_CHECK(check_ptr(fn, "in", in));
-  TPC_CHECK(check_ptr(fn, "weight", weight));
-  TPC_CHECK(check_dtype(fn, dtype));
-  TPC_CHECK(check_positive(fn, "rows", rows));
-  TPC_CHECK(check_hidden(fn, "hidden", hidden));
-  TPC_CHECK(check_stride(fn, "in_stride", in_stride, hidden, "hidden", rows));
-  TPC_CHECK(check_stride(fn, "out_stride", out_stride, hidden, "hidden", rows));
-  TPC_CHECK(check_eps(fn, eps));
+  TPC_CHECK(check_row_args(fn, "out", out, "in", in, weight, dtype, rows, hidden, "in_stride", in_stride, "out_stride",
+                           out_stride, eps));
   if (out == in && in_stride != out_stride)
     return tpc_error(NULL, TPC_ERR_INVALID_ARGUMENT,
                      "%s: in place (out == in) needs in_stride == out_stride, got %lld and %lld", fn,
@@ -808,15 +818,8 @@ extern "C" tpc_status_t tpc_fused_add_rmsnorm(void* x, void* residual, const voi
                                               int64_t x_stride, int64_t residual_stride, float eps, tpc_dtype_t dtype,
                                               cudaStream_t stream) {
   static const char fn[] = "tpc_fused_add_rmsnorm";
-  TPC_CHECK(check_ptr(fn, "x", x));
-  TPC_CHECK(check_ptr(fn, "residual", residual));
-  TPC_CHECK(check_ptr(fn, "weight", weight));
-  TPC_CHECK(check_dtype(fn, dtype));
-  TPC_CHECK(check_positive(fn, "rows", rows));
-  TPC_CHECK(check_hidden(fn, "hidden", hidden));
-  TPC_CHECK(check_stride(fn, "x_stride", x_stride, hidden, "hidden", rows));
-  TPC_CHECK(check_stride(fn, "residual_stride", residual_stride, hidden, "hidden", rows));
-  TPC_CHECK(check_eps(fn, eps));
+  TPC_CHECK(check_row_args(fn, "x", x, "residual", residual, weight, dtype, rows, hidden, "x_stride", x_stride,
+                           "residual_stride", residual_stride, eps));
   if (x == residual)
     return tpc_error(NULL, TPC_ERR_INVALID_ARGUMENT, "%s: x and residual are the same buffer (%p)", fn, x);
   const bool vec8 = aligned16(x) && aligned16(residual) && aligned16(weight) && hidden % 8 == 0 && x_stride % 8 == 0 &&
