@@ -85,7 +85,7 @@ for s in "$@"; do
   [ $r -eq 0 ] || rc=1
   echo "=== $s: exit $r in $(( $(date +%s) - t0 )) s"
   case $s in
-    build) grep -E "error|warning: .*spill" "$OUT/$s.log" | head -20 ;;
+    build) grep -E "error|warning.*(spill|[Ll]ocal memory)" "$OUT/$s.log" | sed -E 's/_ZN[0-9]+_GLOBAL__N__[0-9a-f]+_[0-9]+_//' | head -20 ;;
     test) grep -E "tests passed|Failed|\*\*\*|time limit" "$OUT/$s.log" | head -40 ;;
     shared) grep -E "Synthesis|FAIL|failed|Assertion|time limit" "$OUT/$s.log" | head -20 ;;
     *) tail -n 60 "$OUT/$s.log" ;;

@@ -119,7 +119,10 @@ __device__ __forceinline__ bool reduce_kept_pair(const tpc_ar_args_t& a, char* m
  * group ahead of the reduces (push v + group, then reduce v) instead of all pushes first, so the local traffic
  * of a large message (slots, re-arm, output) overlaps its NVLink traffic; measured 64 MiB 285 -> 203 us with
  * 64 MiB slots (perf-log.md). Without STREAM the code is the original small-message path.
- * NR: the rank count when fixed at compile time (2), 0 = a.nranks at run time. */
+ * NR: the rank count when fixed at compile time (2), 0 = a.nranks at run time. Known (ptxas -warn-lmem-usage):
+ * with NR = 2 the compiler keeps reduce_vec's x[] in local memory (128-byte frame for bf16/fp16; fp32 also spills
+ * 28 bytes), on the STREAM path and in the dead remainder loop of the other; measured faster than NR = 0 anyway.
+ * A form without local memory (guards instead of breaks) is on branch exp-next, not yet measured. */
 template <typename T, bool STREAM, int NR>
 __global__ void __launch_bounds__(512) oneshot_push_kernel(tpc_ar_args_t a, const T* in, T* out, size_t count,
                                                            bool aligned) {
