@@ -582,7 +582,9 @@ static void print_run_header(ar_bench_t* b, FILE* f) {
   char lo[32], hi[32];
   bench_printf(f, "# allreduce: %s sum, %s, ", bench_dtype_name(o->dtype), o->inplace ? "in place" : "out of place");
   if (o->graph_reps > 0)
-    bench_printf(f, "mode graph (%ld calls captured in one graph, 1 warm-up + %d blocks of %ld timed replays, median block)\n",
+    bench_printf(f,
+                 "mode graph (%ld calls captured in one graph, 1 warm-up + %d blocks of %ld timed replays, "
+                 "median block)\n",
                  o->iters, BENCH_TIMING_BLOCKS, o->graph_reps);
   else bench_printf(f, "mode eager (%ld warm-up + %d blocks of %ld timed calls, median block)\n", o->warmup,
                     BENCH_TIMING_BLOCKS, o->iters);

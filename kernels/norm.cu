@@ -16,9 +16,9 @@
  * so a block only ever holds rows of one segment. A row is handled by a group of `group` threads that
  * hold ITEMS vectors each (vector j of lane l covers elements (j*group + l)*8 ..+8, so every load
  * instruction of a group is contiguous). ITEMS is 1, 2, 4 or 8 by width and row count (row_items; all
- * loads of a row are issued before the first use); group is a power of two <= 32 (sub-warp rows, shuffle reduction only) or a
- * multiple of 32 (warp shuffles, then the warps' partials through 2x32 floats of shared memory, double
- * buffered by iteration so one __syncthreads per row suffices). Block = 256 threads for narrow rows
+ * loads of a row are issued before the first use); group is a power of two <= 32 (sub-warp rows, shuffle
+ * reduction only) or a multiple of 32 (warp shuffles, then the warps' partials through 2x32 floats of shared
+ * memory, double buffered by iteration so one __syncthreads per row suffices). Block = 256 threads for narrow rows
  * (several rows per block), or `group` threads (up to 1024) for wide ones; grid = one block per
  * rows_per_block rows of each segment (a grid-stride loop covers grids beyond 2^31-1 blocks).
  *
