@@ -585,10 +585,9 @@ bench_rc_t bench_time_eager(bench_ctx_t* ctx, bench_op_t op, int warmup, int ite
 }
 
 /* Barrier, one warm-up replay, then BENCH_TIMING_BLOCKS blocks of `reps` replays of exec; *ms = the median
- * block. The warm-up is not waited for:
- * the start event fires when it completes on the GPU, and for a collective that is when every rank is
- * already running its replays in step, so the ranks' host-side launch skew (processes leave the barrier and
- * the synchronize at different times; spread over only 250 calls of ~2 us) stays out of the timed span. */
+ * block. The warm-up is not waited for: the first event fires when it completes on the GPU, and for a
+ * collective that is when every rank is already running its replays in step, so the ranks' host-side launch
+ * skew (processes leave the barrier at different times) stays out of the timed span. */
 static bench_rc_t replay_timed(bench_ctx_t* ctx, cudaGraphExec_t exec, int reps, float* ms) {
   BENCH_CHECK(bench_barrier(ctx));
   BENCH_CHECK_CUDA(cudaGraphLaunch(exec, ctx->stream));
