@@ -608,6 +608,17 @@ tpc_status_t check_row_args(const char* fn, const char* a_name, const void* a, c
   return check_eps(fn, eps);
 }
 
+/* The first checks of both QK-norm launchers, in their tested order: q, k, their weights, dtype, tokens. */
+tpc_status_t check_qk_args(const char* fn, const void* q, const void* k, const void* q_weight, const void* k_weight,
+                           tpc_dtype_t dtype, int64_t tokens) {
+  TPC_CHECK(check_ptr(fn, "q", q));
+  TPC_CHECK(check_ptr(fn, "k", k));
+  TPC_CHECK(check_ptr(fn, "q_weight", q_weight));
+  TPC_CHECK(check_ptr(fn, "k_weight", k_weight));
+  TPC_CHECK(check_dtype(fn, dtype));
+  return check_positive(fn, "tokens", tokens);
+}
+
 bool aligned16(const void* p) { return (uintptr_t)p % 16 == 0; }
 
 /* ---- row launches ------------------------------------------------------------------------------------- */
@@ -835,12 +846,7 @@ extern "C" tpc_status_t tpc_qk_rmsnorm_across_heads(void* q, void* k, const void
                                                     int64_t q_stride, int64_t k_stride, float eps, tpc_dtype_t dtype,
                                                     cudaStream_t stream) {
   static const char fn[] = "tpc_qk_rmsnorm_across_heads";
-  TPC_CHECK(check_ptr(fn, "q", q));
-  TPC_CHECK(check_ptr(fn, "k", k));
-  TPC_CHECK(check_ptr(fn, "q_weight", q_weight));
-  TPC_CHECK(check_ptr(fn, "k_weight", k_weight));
-  TPC_CHECK(check_dtype(fn, dtype));
-  TPC_CHECK(check_positive(fn, "tokens", tokens));
+  TPC_CHECK(check_qk_args(fn, q, k, q_weight, k_weight, dtype, tokens));
   TPC_CHECK(check_hidden(fn, "q_hidden", q_hidden));
   TPC_CHECK(check_hidden(fn, "k_hidden", k_hidden));
   TPC_CHECK(check_stride(fn, "q_stride", q_stride, q_hidden, "q_hidden", tokens));
@@ -861,12 +867,7 @@ extern "C" tpc_status_t tpc_qk_rmsnorm_per_head(void* q, void* k, const void* q_
                                                 int64_t q_stride, int64_t k_stride, float eps, tpc_dtype_t dtype,
                                                 cudaStream_t stream) {
   static const char fn[] = "tpc_qk_rmsnorm_per_head";
-  TPC_CHECK(check_ptr(fn, "q", q));
-  TPC_CHECK(check_ptr(fn, "k", k));
-  TPC_CHECK(check_ptr(fn, "q_weight", q_weight));
-  TPC_CHECK(check_ptr(fn, "k_weight", k_weight));
-  TPC_CHECK(check_dtype(fn, dtype));
-  TPC_CHECK(check_positive(fn, "tokens", tokens));
+  TPC_CHECK(check_qk_args(fn, q, k, q_weight, k_weight, dtype, tokens));
   TPC_CHECK(check_positive(fn, "q_heads", q_heads));
   TPC_CHECK(check_positive(fn, "kv_heads", kv_heads));
   if (head_dim != 64 && head_dim != 128 && head_dim != 256)
