@@ -65,19 +65,20 @@ __device__ __forceinline__ bool reduce_vec(const tpc_ar_args_t& a, int n, char* 
   Acc<T> acc;
 #pragma unroll
   for (int p = 0; p < TPC_AR_MAX_RANKS; p++) {
-    if (p >= n) break;
-    uint4 y = own;
-    if (p != rank) {
-      char* src = mine + (size_t)p * a.push_slot_bytes + v * 16;
-      while (has_empty<T>(x[p])) {
-        if (w.give_up(p, 1)) return false;
-        x[p] = ld_volatile_v4(src);
+    if (p < n) { /* a guard, not a break: with n known at compile time the loop then unrolls fully */
+      uint4 y = own;
+      if (p != rank) {
+        char* src = mine + (size_t)p * a.push_slot_bytes + v * 16;
+        y = x[p];
+        while (has_empty<T>(y)) {
+          if (w.give_up(p, 1)) return false;
+          y = ld_volatile_v4(src);
+        }
+        *reinterpret_cast<uint4*>(src) = make_uint4(kEmpty, kEmpty, kEmpty, kEmpty); /* re-arm */
       }
-      y = x[p];
-      *reinterpret_cast<uint4*>(src) = make_uint4(kEmpty, kEmpty, kEmpty, kEmpty); /* re-arm */
+      if (p == 0) acc.set(y);
+      else acc.add(y);
     }
-    if (p == 0) acc.set(y);
-    else acc.add(y);
   }
   store_out(out, v, count, aligned, acc.pack());
   return true;
@@ -97,22 +98,30 @@ __device__ __forceinline__ bool reduce_kept_pair(const tpc_ar_args_t& a, char* m
 #pragma unroll
   for (int u = 0; u < kKeep; u++)
     if (first + u * stride < nvec) x[u] = ld_volatile_v4(slot + (first + u * stride) * 16);
+  bool ok = true;
 #pragma unroll
   for (int u = 0; u < kKeep; u++) {
     const size_t v = first + u * stride;
-    if (v >= nvec) break;
-    char* src = slot + v * 16;
-    while (has_empty<T>(x[u])) {
-      if (w.give_up(peer, 1)) return false;
-      x[u] = ld_volatile_v4(src);
+    if (ok && v < nvec) {
+      char* src = slot + v * 16;
+      uint4 y = x[u];
+      while (has_empty<T>(y)) {
+        if (w.give_up(peer, 1)) {
+          ok = false;
+          break;
+        }
+        y = ld_volatile_v4(src);
+      }
+      if (ok) {
+        *reinterpret_cast<uint4*>(src) = make_uint4(kEmpty, kEmpty, kEmpty, kEmpty); /* re-arm */
+        Acc<T> acc;
+        acc.set(a.rank == 0 ? keep[u] : y);
+        acc.add(a.rank == 0 ? y : keep[u]);
+        store_out(out, v, count, aligned, acc.pack());
+      }
     }
-    *reinterpret_cast<uint4*>(src) = make_uint4(kEmpty, kEmpty, kEmpty, kEmpty); /* re-arm */
-    Acc<T> acc;
-    acc.set(a.rank == 0 ? keep[u] : x[u]);
-    acc.add(a.rank == 0 ? x[u] : keep[u]);
-    store_out(out, v, count, aligned, acc.pack());
   }
-  return true;
+  return ok;
 }
 
 /* STREAM (messages of more than one group, kKeep vectors a thread): after the first group, pushes run one
@@ -161,8 +170,9 @@ __global__ void __launch_bounds__(512) oneshot_push_kernel(tpc_ar_args_t a, cons
   const size_t group = kKeep * stride;
   /* STREAM: the second group now, the others one group ahead of the reduces below; otherwise everything */
   const size_t push_end = STREAM ? (first + 2 * group < nvec ? first + 2 * group : nvec) : nvec;
-  for (size_t v = first + group; v < push_end; v += stride)
-    push_vec(a, n, dst, v, sanitize<T>(load_in(in, v, count, aligned)));
+  if constexpr (STREAM) /* without STREAM the launcher guarantees nvec <= group: one group, no loops below */
+    for (size_t v = first + group; v < push_end; v += stride)
+      push_vec(a, n, dst, v, sanitize<T>(load_in(in, v, count, aligned)));
 
   Waiter w(a);
   bool ok = true;
@@ -175,8 +185,9 @@ __global__ void __launch_bounds__(512) oneshot_push_kernel(tpc_ar_args_t a, cons
         ok = reduce_vec<T>(a, n, mine, first + u * stride, keep[u], out, count, aligned, w);
   }
   /* in place: in[v] is still the input (a thread writes out[v] only after its own last read of in[v]) */
+  if constexpr (STREAM)
   for (size_t v = first + group; ok && v < nvec; v += stride) {
-    if (STREAM && v + group < nvec) /* the next group's vector (groups 0 and 1 were pushed above) */
+    if (v + group < nvec) /* the next group's vector (groups 0 and 1 were pushed above) */
       push_vec(a, n, dst, v + group, sanitize<T>(load_in(in, v + group, count, aligned)));
     ok = reduce_vec<T>(a, n, mine, v, sanitize<T>(load_in(in, v, count, aligned)), out, count, aligned, w);
   }
