@@ -27,7 +27,7 @@ typedef struct {
 
 /* Where each region of an arena starts (the same on every rank: nranks and the sizes are agreed). */
 typedef struct {
-  size_t push_off, push_bytes; /* one-shot slots: 2 x nranks x push_slot */
+  size_t push_off, push_bytes; /* one-shot slots: 2 x (nranks - 1) peers x push_slot */
   size_t pull_off;             /* two-shot buffer: pull bytes */
   size_t norm_off, norm_bytes; /* QK-norm slots: 2 x nranks x max tokens x 8 */
   size_t bytes;                /* the whole arena */
@@ -36,7 +36,7 @@ typedef struct {
 static arena_layout_t arena_layout(int nranks, size_t push_slot, size_t pull, uint64_t norm_max_tokens) {
   arena_layout_t l;
   l.push_off = TPC_AR_HEADER_BYTES + TPC_AR_SEM_BYTES;
-  l.push_bytes = 2 * (size_t)nranks * push_slot;
+  l.push_bytes = 2 * (size_t)(nranks - 1) * push_slot;
   l.pull_off = l.push_off + l.push_bytes;
   l.norm_off = l.pull_off + pull;
   l.norm_bytes = 2 * (size_t)nranks * (size_t)norm_max_tokens * 8;
@@ -76,7 +76,7 @@ static tpc_status_t arena_alloc(struct tpc_comm* comm, struct tpc_arena* ar, siz
   a->rank = comm->rank;
   a->nranks = n;
   a->max_threads = 512;
-  TPC_INFO(TPC_SUB_ALLOC, "arena %zu bytes: push 2 x %d x %zu, pull %zu, norm %zu", ar->bytes, n, push_slot, pull,
+  TPC_INFO(TPC_SUB_ALLOC, "arena %zu bytes: push 2 x %d x %zu, pull %zu, norm %zu", ar->bytes, n - 1, push_slot, pull,
            l.norm_bytes);
   return TPC_SUCCESS;
 }

@@ -28,7 +28,7 @@ const tpc_param_desc_t tpc_params[TPC_NUM_PARAMS] = {
                     "0: do not create an NCCL communicator (saves its init time and memory); messages the custom "
                     "kernels cannot serve then fail with TPC_ERR_UNSUPPORTED."},
     [TPC_P_PUSH_MAX_BYTES] = {"TPCOMM_PUSH_MAX_BYTES", TPC_PARAM_BYTES, "",
-                              "Size of each one-shot push slot (2 slots x world size are allocated); default by "
+                              "Size of each one-shot push slot (2 slots per peer are allocated); default by "
                               "world size (docs/architecture.md)."},
     [TPC_P_ONESHOT_MAX_BYTES] = {"TPCOMM_ONESHOT_MAX_BYTES", TPC_PARAM_BYTES, "",
                                  "Messages up to this size use one-shot under auto; default from the tuned table."},

@@ -6,7 +6,8 @@
  * element. Layout of the shared arena: allreduce.h.
  *
  * One-shot push: every thread sends its vectors of the input to every peer's slot [epoch&1][my rank],
- * then polls its own slots for the peers' vectors. Arrival needs no flag: an empty slot holds all-ones
+ * then polls its own slots for the peers' vectors (a rank holds slots for its n-1 peers only: source s sits at
+ * index s, or s-1 above the holder's own rank, peer_slot()). Arrival needs no flag: an empty slot holds all-ones
  * bytes (0xFFFF per 16-bit element, 0xFFFFFFFF per fp32), a NaN pattern that a sender never writes (it
  * rewrites such inputs to the canonical NaN 0x7FFF / 0x7FFFFFFF, which changes no arithmetic: NaN stays
  * NaN). After reading a vector the reader writes all-ones back (re-arms). Two slots alternate: a peer
@@ -43,6 +44,9 @@ using namespace tpc;
 /* ---- one-shot push ------------------------------------------------------------------------------- */
 constexpr int kKeep = 4; /* input vectors a thread keeps in registers between push and reduce */
 
+/* Index of source rank s among the n-1 slots of rank r (r has no slot for itself). */
+__device__ __forceinline__ size_t peer_slot(int s, int r) { return (size_t)(s - (s > r)); }
+
 /* Sends vector v (already sanitized) to every peer: dst[p] = slot [epoch][my rank] of peer p. n = ranks (a
  * compile-time constant where the kernel is specialized, so the loop over peers disappears). */
 __device__ __forceinline__ void push_vec(const tpc_ar_args_t& a, int n, char* const (&dst)[TPC_AR_MAX_RANKS], size_t v,
@@ -61,14 +65,14 @@ __device__ __forceinline__ bool reduce_vec(const tpc_ar_args_t& a, int n, char* 
   uint4 x[TPC_AR_MAX_RANKS];
 #pragma unroll
   for (int p = 0; p < TPC_AR_MAX_RANKS; p++)
-    if (p < n && p != rank) x[p] = ld_volatile_v4(mine + (size_t)p * a.push_slot_bytes + v * 16);
+    if (p < n && p != rank) x[p] = ld_volatile_v4(mine + peer_slot(p, rank) * a.push_slot_bytes + v * 16);
   Acc<T> acc;
 #pragma unroll
   for (int p = 0; p < TPC_AR_MAX_RANKS; p++) {
     if (p < n) { /* a guard, not a break: with n known at compile time the loop then unrolls fully */
       uint4 y = own;
       if (p != rank) {
-        char* src = mine + (size_t)p * a.push_slot_bytes + v * 16;
+        char* src = mine + peer_slot(p, rank) * a.push_slot_bytes + v * 16;
         y = x[p];
         while (has_empty<T>(y)) {
           if (w.give_up(p, 1)) return false;
@@ -93,7 +97,7 @@ __device__ __forceinline__ bool reduce_kept_pair(const tpc_ar_args_t& a, char* m
                                                  size_t nvec, const uint4 (&keep)[kKeep], T* out, size_t count,
                                                  bool aligned, Waiter& w) {
   const int peer = a.rank ^ 1;
-  char* const slot = mine + (size_t)peer * a.push_slot_bytes;
+  char* const slot = mine + peer_slot(peer, a.rank) * a.push_slot_bytes;
   uint4 x[kKeep];
 #pragma unroll
   for (int u = 0; u < kKeep; u++)
@@ -127,11 +131,9 @@ __device__ __forceinline__ bool reduce_kept_pair(const tpc_ar_args_t& a, char* m
 /* STREAM (messages of more than one group, kKeep vectors a thread): after the first group, pushes run one
  * group ahead of the reduces (push v + group, then reduce v) instead of all pushes first, so the local traffic
  * of a large message (slots, re-arm, output) overlaps its NVLink traffic; measured 64 MiB 285 -> 203 us with
- * 64 MiB slots (perf-log.md). Without STREAM the code is the original small-message path.
- * NR: the rank count when fixed at compile time (2), 0 = a.nranks at run time. Known (ptxas -warn-lmem-usage):
- * with NR = 2 the compiler keeps reduce_vec's x[] in local memory (128-byte frame for bf16/fp16; fp32 also spills
- * 28 bytes), on the STREAM path and in the dead remainder loop of the other; measured faster than NR = 0 anyway.
- * A form without local memory (guards instead of breaks) is on branch exp-next, not yet measured. */
+ * 64 MiB slots (perf-log.md). Without STREAM the code is the small-message path (one group, no loops after it).
+ * NR: the rank count when fixed at compile time (2), 0 = a.nranks at run time. The unrolled loops use guards,
+ * not breaks, so that with NR = 2 nothing lands in local memory (ptxas -warn-lmem-usage; perf-log.md). */
 template <typename T, bool STREAM, int NR>
 __global__ void __launch_bounds__(512) oneshot_push_kernel(tpc_ar_args_t a, const T* in, T* out, size_t count,
                                                            bool aligned) {
@@ -145,7 +147,7 @@ __global__ void __launch_bounds__(512) oneshot_push_kernel(tpc_ar_args_t a, cons
   char* dst[TPC_AR_MAX_RANKS];
 #pragma unroll
   for (int p = 0; p < TPC_AR_MAX_RANKS; p++) {
-    dst[p] = (char*)a.push[p < n ? p : 0] + (size_t)a.rank * a.push_slot_bytes;
+    dst[p] = (char*)a.push[p < n ? p : 0] + peer_slot(a.rank, p) * a.push_slot_bytes;
     asm volatile("" : "+l"(dst[p]));
   }
   char* mine = (char*)a.push[a.rank];
@@ -159,7 +161,7 @@ __global__ void __launch_bounds__(512) oneshot_push_kernel(tpc_ar_args_t a, cons
 #pragma unroll
   for (int u = 0; u < kKeep; u++)
     if (first + u * stride < nvec) keep[u] = sanitize<T>(load_in(in, first + u * stride, count, aligned));
-  const size_t slot = (size_t)(epoch & 1u) * n * a.push_slot_bytes;
+  const size_t slot = (size_t)(epoch & 1u) * (n - 1) * a.push_slot_bytes;
 #pragma unroll
   for (int p = 0; p < TPC_AR_MAX_RANKS; p++) dst[p] += slot;
   mine += slot;

@@ -4,7 +4,7 @@
  * tpc_ar_launch() per operation. The arena layout (per rank, one cudaMalloc shared with CUDA IPC):
  *   [0, TPC_AR_HEADER_BYTES)  header (magic words read by the IPC trial)
  *   sems     uint32 [TPC_AR_MAX_BLOCKS][TPC_AR_MAX_RANKS]   two-shot semaphores, sems[b][src] written by src
- *   push     2 slots x nranks sources x push_slot_bytes      one-shot Lamport slots (all bytes 0xFF = empty)
+ *   push     2 slots x (nranks-1) peers x push_slot_bytes    one-shot Lamport slots (all bytes 0xFF = empty)
  *   pull     pull_bytes                                        two-shot buffer
  *   norm     2 slots x nranks sources x norm_max_tokens x 8 B  fused TP QK-norm partial sums (0xFF = empty)
  * Local (not shared) state, one cudaMalloc: per-block epochs and semaphore bases, and a failure flag.

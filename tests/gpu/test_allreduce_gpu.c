@@ -1,5 +1,5 @@
 /* test_allreduce_gpu.c — drives tests/gpu/ar_worker.c through tpcomm-run (and mpirun): the custom and
- * NCCL all-reduce correctness matrix on 2 GPUs (also with 64 MiB one-shot slots, and with a 2-block grid
+ * NCCL all-reduce correctness matrix on 2 GPUs (also with 8 MiB one-shot slots, and with a 2-block grid
  * that puts the streaming one-shot on small sizes), world size 1, graph replays, two streams, the missing-rank
  * timeout, and 4/8 ranks sharing 2 GPUs (only with TPCOMM_TEST_SHARED=1, i.e. under CUDA MPS). Every case
  * skips with the reason where the machine lacks what it needs. */
@@ -60,11 +60,11 @@ Test(allreduce_gpu, two_streams_one_comm) {
   launch(2, "", "streams", NULL, 120);
 }
 
-/* One-shot slots of 64 MiB: the full matrix runs one-shot up to 64 MiB, i.e. the streaming form (pushes one
- * group ahead of the reduces) at every large size. */
-Test(allreduce_gpu, oneshot_large_slots_matrix, .timeout = 600) {
+/* The default two-rank slot is 64 MiB (one-shot, streaming form, up to 64 MiB, in two_ranks_matrix); here 8 MiB
+ * slots: forced one-shots above 8 MiB are refused and auto hands them to the two-shot. */
+Test(allreduce_gpu, oneshot_small_slots_matrix, .timeout = 600) {
   need_gpus(2);
-  char* env[] = {"TPCOMM_PUSH_MAX_BYTES=64M", "TPCOMM_ONESHOT_MAX_BYTES=64M", NULL};
+  char* env[] = {"TPCOMM_PUSH_MAX_BYTES=8M", NULL};
   launch(2, "", "matrix", env, 580);
 }
 
