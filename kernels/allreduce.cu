@@ -69,20 +69,19 @@ __device__ __forceinline__ bool reduce_vec(const tpc_ar_args_t& a, int n, char* 
   Acc<T> acc;
 #pragma unroll
   for (int p = 0; p < TPC_AR_MAX_RANKS; p++) {
-    if (p < n) { /* a guard, not a break: with n known at compile time the loop then unrolls fully */
-      uint4 y = own;
-      if (p != rank) {
-        char* src = mine + peer_slot(p, rank) * a.push_slot_bytes + v * 16;
-        y = x[p];
-        while (has_empty<T>(y)) {
-          if (w.give_up(p, 1)) return false;
-          y = ld_volatile_v4(src);
-        }
-        *reinterpret_cast<uint4*>(src) = make_uint4(kEmpty, kEmpty, kEmpty, kEmpty); /* re-arm */
+    if (p >= n) break;
+    uint4 y = own;
+    if (p != rank) {
+      char* src = mine + peer_slot(p, rank) * a.push_slot_bytes + v * 16;
+      while (has_empty<T>(x[p])) {
+        if (w.give_up(p, 1)) return false;
+        x[p] = ld_volatile_v4(src);
       }
-      if (p == 0) acc.set(y);
-      else acc.add(y);
+      y = x[p];
+      *reinterpret_cast<uint4*>(src) = make_uint4(kEmpty, kEmpty, kEmpty, kEmpty); /* re-arm */
     }
+    if (p == 0) acc.set(y);
+    else acc.add(y);
   }
   store_out(out, v, count, aligned, acc.pack());
   return true;
@@ -132,8 +131,10 @@ __device__ __forceinline__ bool reduce_kept_pair(const tpc_ar_args_t& a, char* m
  * group ahead of the reduces (push v + group, then reduce v) instead of all pushes first, so the local traffic
  * of a large message (slots, re-arm, output) overlaps its NVLink traffic; measured 64 MiB 285 -> 203 us with
  * 64 MiB slots (perf-log.md). Without STREAM the code is the small-message path (one group, no loops after it).
- * NR: the rank count when fixed at compile time (2), 0 = a.nranks at run time. The unrolled loops use guards,
- * not breaks, so that with NR = 2 nothing lands in local memory (ptxas -warn-lmem-usage; perf-log.md). */
+ * NR: the rank count when fixed at compile time (2), 0 = a.nranks at run time. Local memory (ptxas
+ * -warn-lmem-usage): reduce_kept_pair uses guards, not breaks, so that its x[] stays in registers (the break
+ * form cost 0.05-0.1 us at 1-64 KiB); reduce_vec keeps its break, which puts its x[] in a 128-byte frame in
+ * the 16-bit STREAM kernels at NR = 2, but measured 1.3 % faster at 64 MiB than the guard form (perf-log.md). */
 template <typename T, bool STREAM, int NR>
 __global__ void __launch_bounds__(512) oneshot_push_kernel(tpc_ar_args_t a, const T* in, T* out, size_t count,
                                                            bool aligned) {
