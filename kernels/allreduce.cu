@@ -132,9 +132,10 @@ __device__ __forceinline__ bool reduce_kept_pair(const tpc_ar_args_t& a, char* m
  * of a large message (slots, re-arm, output) overlaps its NVLink traffic; measured 64 MiB 285 -> 203 us with
  * 64 MiB slots (perf-log.md). Without STREAM the code is the small-message path (one group, no loops after it).
  * NR: the rank count when fixed at compile time (2), 0 = a.nranks at run time. Local memory (ptxas
- * -warn-lmem-usage): reduce_kept_pair uses guards, not breaks, so that its x[] stays in registers (the break
- * form cost 0.05-0.1 us at 1-64 KiB); reduce_vec keeps its break, which puts its x[] in a 128-byte frame in
- * the 16-bit STREAM kernels at NR = 2, but measured 1.3 % faster at 64 MiB than the guard form (perf-log.md). */
+ * -warn-lmem-usage): reduce_kept_pair uses guards, not breaks, so that its x[] stays in registers (with the dead
+ * remainder loops gone from the non-STREAM kernels: 0.04-0.1 us faster at 1-64 KiB); reduce_vec keeps its
+ * break, which puts its x[] in a 128-byte frame in the 16-bit STREAM kernels at NR = 2, but measured 1.3 %
+ * faster at 64 MiB than the guard form (perf-log.md, sixth round). */
 template <typename T, bool STREAM, int NR>
 __global__ void __launch_bounds__(512) oneshot_push_kernel(tpc_ar_args_t a, const T* in, T* out, size_t count,
                                                            bool aligned) {
