@@ -42,7 +42,7 @@ namespace {
 using namespace tpc;
 
 /* ---- one-shot push ------------------------------------------------------------------------------- */
-constexpr int kKeep = 4; /* input vectors a thread keeps in registers between push and reduce */
+constexpr int kKeep = 4; /* input vectors a thread keeps in registers between push and reduce (KEEP below) */
 
 /* Index of source rank s among the n-1 slots of rank r (r has no slot for itself). */
 __device__ __forceinline__ size_t peer_slot(int s, int r) { return (size_t)(s - (s > r)); }
@@ -91,19 +91,19 @@ __device__ __forceinline__ bool reduce_vec(const tpc_ar_args_t& a, int n, char* 
  * kept vector issued before any wait, so the polls' round trips overlap instead of following one another.
  * Same arithmetic order as reduce_vec (x0 + x1). Measured with the rank count fixed at compile time (2 x H200,
  * graph): 256 KiB 3.31 -> 3.19 us, 1 MiB 5.75 -> 5.61, 4 MiB 16.47 -> 15.82 (perf-log.md, fifth round). */
-template <typename T>
+template <typename T, int KEEP>
 __device__ __forceinline__ bool reduce_kept_pair(const tpc_ar_args_t& a, char* mine, size_t first, size_t stride,
-                                                 size_t nvec, const uint4 (&keep)[kKeep], T* out, size_t count,
+                                                 size_t nvec, const uint4 (&keep)[KEEP], T* out, size_t count,
                                                  bool aligned, Waiter& w) {
   const int peer = a.rank ^ 1;
   char* const slot = mine + peer_slot(peer, a.rank) * a.push_slot_bytes;
-  uint4 x[kKeep];
+  uint4 x[KEEP];
 #pragma unroll
-  for (int u = 0; u < kKeep; u++)
+  for (int u = 0; u < KEEP; u++)
     if (first + u * stride < nvec) x[u] = ld_volatile_v4(slot + (first + u * stride) * 16);
   bool ok = true;
 #pragma unroll
-  for (int u = 0; u < kKeep; u++) {
+  for (int u = 0; u < KEEP; u++) {
     const size_t v = first + u * stride;
     if (ok && v < nvec) {
       char* src = slot + v * 16;
@@ -135,8 +135,12 @@ __device__ __forceinline__ bool reduce_kept_pair(const tpc_ar_args_t& a, char* m
  * -warn-lmem-usage): reduce_kept_pair uses guards, not breaks, so that its x[] stays in registers (with the dead
  * remainder loops gone from the non-STREAM kernels: 0.04-0.1 us faster at 1-64 KiB); reduce_vec keeps its
  * break, which puts its x[] in a 128-byte frame in the 16-bit STREAM kernels at NR = 2, but measured 1.3 %
- * faster at 64 MiB than the guard form (perf-log.md, sixth round). */
-template <typename T, bool STREAM, int NR>
+ * faster at 64 MiB than the guard form (perf-log.md, sixth round).
+ * KEEP: vectors a thread keeps (the group is KEEP x the grid's threads). kKeep, except for messages of at most
+ * one vector a thread (up to ~1 MiB at the default grid), which get a kernel with KEEP = 1: 32 registers
+ * instead of 64 at NR = 2, and 0.1-0.35 us faster from 1 KiB to 1 MiB (1 KiB 1.86 -> 1.70, 64 KiB 2.48 -> 2.22,
+ * 1 MiB 5.42 -> 5.08; perf-log.md, sixth round). */
+template <typename T, bool STREAM, int NR, int KEEP>
 __global__ void __launch_bounds__(512) oneshot_push_kernel(tpc_ar_args_t a, const T* in, T* out, size_t count,
                                                            bool aligned) {
   constexpr int E = Elem<T>::kPerVec;
@@ -159,9 +163,9 @@ __global__ void __launch_bounds__(512) oneshot_push_kernel(tpc_ar_args_t a, cons
   pdl_trigger();
   /* the epoch and the first inputs are independent loads: issue them together */
   const uint32_t epoch = *epoch_ptr;
-  uint4 keep[kKeep];
+  uint4 keep[KEEP];
 #pragma unroll
-  for (int u = 0; u < kKeep; u++)
+  for (int u = 0; u < KEEP; u++)
     if (first + u * stride < nvec) keep[u] = sanitize<T>(load_in(in, first + u * stride, count, aligned));
   const size_t slot = (size_t)(epoch & 1u) * (n - 1) * a.push_slot_bytes;
 #pragma unroll
@@ -169,9 +173,9 @@ __global__ void __launch_bounds__(512) oneshot_push_kernel(tpc_ar_args_t a, cons
   mine += slot;
 
 #pragma unroll
-  for (int u = 0; u < kKeep; u++)
+  for (int u = 0; u < KEEP; u++)
     if (first + u * stride < nvec) push_vec(a, n, dst, first + u * stride, keep[u]);
-  const size_t group = kKeep * stride;
+  const size_t group = KEEP * stride;
   /* STREAM: the second group now, the others one group ahead of the reduces below; otherwise everything */
   const size_t push_end = STREAM ? (first + 2 * group < nvec ? first + 2 * group : nvec) : nvec;
   if constexpr (STREAM) /* without STREAM the launcher guarantees nvec <= group: one group, no loops below */
@@ -181,10 +185,10 @@ __global__ void __launch_bounds__(512) oneshot_push_kernel(tpc_ar_args_t a, cons
   Waiter w(a);
   bool ok = true;
   if constexpr (NR == 2) {
-    ok = reduce_kept_pair<T>(a, mine, first, stride, nvec, keep, out, count, aligned, w);
+    ok = reduce_kept_pair<T, KEEP>(a, mine, first, stride, nvec, keep, out, count, aligned, w);
   } else {
 #pragma unroll
-    for (int u = 0; u < kKeep; u++)
+    for (int u = 0; u < KEEP; u++)
       if (ok && first + u * stride < nvec)
         ok = reduce_vec<T>(a, n, mine, first + u * stride, keep[u], out, count, aligned, w);
   }
@@ -330,9 +334,12 @@ cudaError_t launch_typed(int algo, const tpc_ar_args_t* a, const void* in, void*
   cudaLaunchAttribute attr[1];
   cudaLaunchConfig_t cfg = pdl_launch_config(dim3((unsigned)a->blocks), dim3((unsigned)threads), 0, stream, pdl, attr);
   if (algo == 1) {
-    const bool stream_form = nvec > (size_t)kKeep * a->blocks * threads, two = a->nranks == 2;
-    auto kernel = stream_form ? (two ? oneshot_push_kernel<T, true, 2> : oneshot_push_kernel<T, true, 0>)
-                              : (two ? oneshot_push_kernel<T, false, 2> : oneshot_push_kernel<T, false, 0>);
+    const size_t grid_threads = (size_t)a->blocks * threads;
+    const bool stream_form = nvec > (size_t)kKeep * grid_threads, two = a->nranks == 2;
+    /* one vector a thread at most (up to ~1 MiB at the default grid): KEEP = 1, else kKeep */
+    auto kernel = stream_form ? (two ? oneshot_push_kernel<T, true, 2, kKeep> : oneshot_push_kernel<T, true, 0, kKeep>)
+                  : nvec <= grid_threads ? (two ? oneshot_push_kernel<T, false, 2, 1> : oneshot_push_kernel<T, false, 0, 1>)
+                                         : (two ? oneshot_push_kernel<T, false, 2, kKeep> : oneshot_push_kernel<T, false, 0, kKeep>);
     return cudaLaunchKernelEx(&cfg, kernel, *a, (const T*)in, (T*)out, count, aligned);
   }
   return cudaLaunchKernelEx(&cfg, twoshot_pull_kernel<T>, *a, (const T*)in, (T*)out, count, aligned);
