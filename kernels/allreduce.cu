@@ -176,11 +176,13 @@ __global__ void __launch_bounds__(512) oneshot_push_kernel(tpc_ar_args_t a, cons
   for (int u = 0; u < KEEP; u++)
     if (first + u * stride < nvec) push_vec(a, n, dst, first + u * stride, keep[u]);
   const size_t group = KEEP * stride;
-  /* STREAM: the second group now, the others one group ahead of the reduces below; otherwise everything */
-  const size_t push_end = STREAM ? (first + 2 * group < nvec ? first + 2 * group : nvec) : nvec;
-  if constexpr (STREAM) /* without STREAM the launcher guarantees nvec <= group: one group, no loops below */
+  /* STREAM: the second group now, the others one group ahead of the reduces below. Without STREAM the launcher
+   * guarantees nvec <= group: the one group was pushed above, and nothing follows the kept reduces. */
+  if constexpr (STREAM) {
+    const size_t push_end = first + 2 * group < nvec ? first + 2 * group : nvec;
     for (size_t v = first + group; v < push_end; v += stride)
       push_vec(a, n, dst, v, sanitize<T>(load_in(in, v, count, aligned)));
+  }
 
   Waiter w(a);
   bool ok = true;
