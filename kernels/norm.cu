@@ -23,21 +23,16 @@
  * rows_per_block rows of each segment (a grid-stride loop covers grids beyond 2^31-1 blocks).
  *
  * qk_per_head_kernel (tpc_qk_rmsnorm_per_head): one group of D/8 threads (8, 16, 32) per head row, one
- * vector per thread, ROWS head rows in flight per group per iteration; reductions by xor shuffles inside
- * the group. Work items are (token, head) pairs over q heads then k heads of each token, so consecutive
- * groups touch consecutive memory. 256 threads per block; a persistent grid of min(work / heads per
- * block, SMs x resident blocks per SM) blocks that grid-strides over the items; (token, head) advance
- * by a precomputed (step / heads, step % heads) with no division in the loop. The loop bound is uniform
- * per warp, so full-warp shuffles are always legal. ROWS = 2 (kHeadRows). Pipelined form (PIPE, bf16 /
- * head_dim 128 / 16-byte vectors, chosen when the work exceeds one pass of the plain grid): the next
- * iteration's ROWS rows are loaded before this iteration's are reduced and stored, so a group always has
- * loads in flight (measured 78.8 -> 76.5 us at 8192 tokens, GQA 8, 8 kv heads, on H200), and its stores
- * are evict-first (76.4 -> 76.0 us in the same run; the plain form and the row kernels got slower with it).
+ * vector per thread, one row per group and no loop; reduction by xor shuffles inside the group. Rows are
+ * (token, head) pairs over q heads then k heads of each token, so consecutive groups touch consecutive
+ * memory; 256 threads per block, one block per 256/(D/8) rows. Every thread reaches the shuffles (rows past
+ * the end are masked, not returned), so full-warp shuffles are legal. This plain grid replaced a persistent
+ * grid-stride loop with 2 rows per group (and a pipelined form for large inputs): few registers (28) give
+ * full occupancy, and the block scheduler balances the tail (numbers at launch_per_head_typed).
  *
  * Registers (ptxas, sm_90a, CUDA 13.0; no spills, no stack): norm_rows_kernel 31-34 with ITEMS 1-2 (full
  * occupancy), 58-64 with ITEMS 4-8 (bounded by __launch_bounds__(1024); half the threads per SM, measured
- * faster for wide rows anyway, see row_items); qk_per_head_kernel 40 for bf16
- * (6 blocks of 256 per SM), 59 pipelined (4 blocks), and 46-48 for fp16 (5 blocks).
+ * faster for wide rows anyway, see row_items); qk_per_head_kernel 26-32 (8 blocks of 256 per SM).
  *
  * PDL (sm_90+, launched with programmatic stream serialization unless TPCOMM_PDL=0): each block first
  * prefetches into L2 the rows of its first work item (prefetch.global.L2: a hint that reads nothing into
@@ -46,7 +41,7 @@
  * griddepcontrol.launch_dependents, so the next kernel's blocks are scheduled as ours leave and sit
  * prefetching and waiting instead of being launched after our last block (correctness never depends on
  * the trigger: a dependent's wait covers this grid's completion and memory flush). Only the first wave
- * of a non-persistent grid prefetches (later blocks start after the wait is satisfied). Measured slower
+ * of a grid prefetches (later blocks start after the wait is satisfied). Measured slower
  * with the prefetch, so without it: the fused kernel (1024 x 4096: 10.1 -> 11.4 us) and per head with
  * head_dim 64 (1024 tokens: 6.25 -> 6.64 us).
  *
@@ -361,124 +356,42 @@ struct HeadArgs {
   const uint16_t* wq;
   const uint16_t* wk;
   int64_t q_stride, k_stride;
-  uint32_t tokens;
-  uint32_t total;          /* tokens * heads work items, < 2^31 */
-  uint32_t step;           /* groups in the grid: gridDim.x * (kHeadBlock / (D / 8)) */
-  uint32_t step_tok;       /* step / heads */
-  uint32_t step_head;      /* step % heads */
-  uint32_t q_heads, heads; /* heads = q_heads + kv_heads */
+  uint32_t total;           /* tokens * heads head rows, < 2^31 */
+  uint32_t q_heads, heads;  /* heads = q_heads + kv_heads */
+  uint32_t prefetch_blocks; /* blocks of the first wave (SMs x resident blocks): only they prefetch */
   float eps, inv_d;
 };
 
-/* The ROWS head rows of one iteration of a group: their addresses, whether they exist, whether they are q.
- * Advances (tok, head) by ROWS items of `step`. */
-template <int D, int ROWS>
-struct HeadRows {
-  uint16_t* p[ROWS];
-  bool ok[ROWS], isq[ROWS];
-  __device__ __forceinline__ void next(const HeadArgs& a, uint32_t& tok, uint32_t& head, int lane) {
-#pragma unroll
-    for (int j = 0; j < ROWS; j++) {
-      ok[j] = tok < a.tokens;
-      isq[j] = head < a.q_heads;
-      uint16_t* const t0 = isq[j] ? a.q : a.k;
-      const int64_t stride = isq[j] ? a.q_stride : a.k_stride;
-      const uint32_t h = isq[j] ? head : head - a.q_heads;
-      p[j] = t0 + (int64_t)tok * stride + (int)(h * D + lane * 8);
-      head += a.step_head; /* next item: + step */
-      tok += a.step_tok;
-      if (head >= a.heads) {
-        head -= a.heads;
-        tok++;
-      }
-    }
-  }
-};
-
-template <typename T, int VEC, int D, int ROWS>
-__device__ __forceinline__ void head_rows_load(uint4 (&x)[ROWS], const HeadRows<D, ROWS>& r) {
-#pragma unroll
-  for (int j = 0; j < ROWS; j++) x[j] = r.ok[j] ? ld8<VEC>(r.p[j], 8) : make_uint4(0u, 0u, 0u, 0u);
-}
-
-/* sum of squares over the group (xor shuffles), scale, store; EVICT_FIRST (16-byte vectors only): the stores
- * are marked evict-first (st.global.cs), so the rows written do not push the rows still to be read out of L2 */
-template <typename T, int VEC, int D, int ROWS, bool EVICT_FIRST = false>
-__device__ __forceinline__ void head_rows_finish(const uint4 (&x)[ROWS], const HeadRows<D, ROWS>& r, const uint4& wq,
-                                                 const uint4& wk, const HeadArgs& a) {
-  constexpr int G = D / 8;
-  float ss[ROWS];
-#pragma unroll
-  for (int j = 0; j < ROWS; j++) ss[j] = sum_squares8<T>(x[j]);
-#pragma unroll
-  for (int o = G >> 1; o > 0; o >>= 1) {
-#pragma unroll
-    for (int j = 0; j < ROWS; j++) ss[j] += __shfl_xor_sync(0xffffffffu, ss[j], o);
-  }
-#pragma unroll
-  for (int j = 0; j < ROWS; j++) {
-    if (r.ok[j]) {
-      const float rs = rsqrtf(fmaf(ss[j], a.inv_d, a.eps));
-      const uint4 y = scale8<T>(x[j], select4(r.isq[j], wq, wk), rs);
-      if constexpr (EVICT_FIRST && VEC == 8) __stcs(reinterpret_cast<uint4*>(r.p[j]), y);
-      else st8<VEC>(r.p[j], y, 8);
-    }
-  }
-}
-
-/* PIPE: the next iteration's rows are loaded before this iteration's are reduced and stored. */
-template <typename T, int VEC, int D, int ROWS, bool PIPE>
+/* One head row per group of D/8 threads, one group per row, no loop: block b holds rows b*GPB .. +GPB-1
+ * (a contiguous 4 KiB of q or k at head_dim 128 when the heads of a token are adjacent). */
+template <typename T, int VEC, int D>
 __global__ void __launch_bounds__(kHeadBlock) qk_per_head_kernel(const HeadArgs a) {
-  constexpr int G = D / 8;               /* threads per head row */
-  constexpr int GPB = kHeadBlock / G;    /* groups per block */
-  constexpr int GPW = 32 / G;            /* groups per warp */
-  const int lane = (int)threadIdx.x % G; /* vector of the row this thread owns */
-  const uint32_t gib = threadIdx.x / G;  /* group in block */
-  /* first item of this warp (uniform in the warp) and of this group; unsigned: < 2^31 + ROWS * step */
-  const uint32_t warp_base = blockIdx.x * GPB + (gib / GPW) * GPW;
-  const uint32_t first = blockIdx.x * GPB + gib;
-  uint32_t tok = first / a.heads;
-  uint32_t head = first - tok * a.heads;
-  /* head_dim 64: measured slower with the prefetch (1024 tokens, GQA 8, 8 kv heads: 6.25 -> 6.64 us) */
-  constexpr bool kPrefetch = D >= 128;
-  HeadRows<D, ROWS> r;
-  r.next(a, tok, head, lane);
-  if constexpr (kPrefetch) {
-#pragma unroll
-    for (int j = 0; j < ROWS; j++)
-      if (r.ok[j]) prefetch_l2<VEC>(r.p[j]);
-  }
+  constexpr int G = D / 8;            /* threads per head row */
+  constexpr int GPB = kHeadBlock / G; /* rows per block */
+  const int lane = (int)threadIdx.x % G;
+  const uint32_t item = blockIdx.x * GPB + threadIdx.x / G; /* < 2^31 + GPB: no overflow */
+  const uint32_t tok = item / a.heads;
+  const uint32_t head = item - tok * a.heads;
+  const bool ok = item < a.total;
+  const bool isq = head < a.q_heads;
+  uint16_t* const p = (isq ? a.q : a.k) + (int64_t)tok * (isq ? a.q_stride : a.k_stride) +
+                      (int)((isq ? head : head - a.q_heads) * D + lane * 8);
+  /* later waves start after the previous kernel has finished: a prefetch there only doubles the requests
+   * (measured: 8192 tokens 74.7 -> 73.5 us with the first wave only) */
+  if (ok && blockIdx.x < a.prefetch_blocks) prefetch_l2<VEC>(p);
   pdl_wait();
   pdl_trigger();
   const uint4 wq = ldg8<VEC>(a.wq + lane * 8, 8);
   const uint4 wk = ldg8<VEC>(a.wk + lane * 8, 8);
-
-  if constexpr (PIPE) {
-    uint4 x[ROWS];
-    head_rows_load<T, VEC, D, ROWS>(x, r);
-    for (uint32_t base = warp_base; base < a.total; base += ROWS * a.step) {
-      HeadRows<D, ROWS> rn;
-      rn.next(a, tok, head, lane);
-      uint4 xn[ROWS];
-      head_rows_load<T, VEC, D, ROWS>(xn, rn);
-      head_rows_finish<T, VEC, D, ROWS, true>(x, r, wq, wk, a); /* measured: 76.4 -> 76.0 us at 8192 tokens */
+  const uint4 x = ok ? ld8<VEC>(p, 8) : make_uint4(0u, 0u, 0u, 0u);
+  float ss = sum_squares8<T>(x);
 #pragma unroll
-      for (int j = 0; j < ROWS; j++) x[j] = xn[j];
-      r = rn;
-    }
-  } else {
-    for (uint32_t base = warp_base; base < a.total; base += ROWS * a.step) {
-      uint4 x[ROWS];
-      head_rows_load<T, VEC, D, ROWS>(x, r);
-      head_rows_finish<T, VEC, D, ROWS>(x, r, wq, wk, a);
-      r.next(a, tok, head, lane);
-    }
-  }
+  for (int o = G >> 1; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+  if (ok) st8<VEC>(p, scale8<T>(x, select4(isq, wq, wk), rsqrtf(fmaf(ss, a.inv_d, a.eps))), 8);
 }
 
 /* ---- host side ---------------------------------------------------------------------------------------- */
 constexpr int kMaxDevices = 64;
-constexpr int kHeadRows = 2; /* ROWS of qk_per_head_kernel */
 
 /* Per-device attributes, cached (the first call per device queries). */
 struct DevInfo {
@@ -738,19 +651,14 @@ tpc_status_t launch_rows(const char* fn, RowArgs* a, int nseg, bool fused, bool 
 }
 
 /* ---- per-head launches -------------------------------------------------------------------------------- */
-/* Whether qk_per_head_kernel has its pipelined form (PIPE) for these parameters: bf16, 16-byte vectors,
- * head_dim 128, the only case it was measured (and tested) on; the others keep the plain loop. */
+/* Resident blocks per SM of qk_per_head_kernel<T, VEC, D>, per device (queried once). */
 template <typename T, int VEC, int D>
-constexpr bool kHeadPipelined = VEC == 8 && D == 128 && std::is_same<T, __nv_bfloat16>::value;
-
-/* Resident blocks per SM of qk_per_head_kernel<T, VEC, D, kHeadRows, PIPE>, per device (queried once). */
-template <typename T, int VEC, int D, bool PIPE>
 tpc_status_t head_occupancy(const char* fn, const DevInfo& d, int* occ_out) {
   static std::atomic<int> s_occupancy[kMaxDevices];
   int occ = d.device < kMaxDevices ? s_occupancy[d.device].load(std::memory_order_relaxed) : 0;
   if (occ <= 0) {
-    const cudaError_t err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-        &occ, qk_per_head_kernel<T, VEC, D, kHeadRows, PIPE>, kHeadBlock, 0);
+    const cudaError_t err =
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, qk_per_head_kernel<T, VEC, D>, kHeadBlock, 0);
     if (err != cudaSuccess) return cuda_fail(fn, "cudaOccupancyMaxActiveBlocksPerMultiprocessor", err);
     if (occ < 1) occ = 1;
     if (d.device < kMaxDevices) s_occupancy[d.device].store(occ, std::memory_order_relaxed);
@@ -759,37 +667,18 @@ tpc_status_t head_occupancy(const char* fn, const DevInfo& d, int* occ_out) {
   return TPC_SUCCESS;
 }
 
-template <typename T, int VEC, int D, bool PIPE>
-tpc_status_t launch_per_head_grid(const char* fn, HeadArgs a, int64_t grid, bool pdl, cudaStream_t stream) {
-  constexpr int GPB = kHeadBlock / (D / 8);
-  a.step = (uint32_t)(grid * GPB);
-  a.step_tok = a.step / a.heads;
-  a.step_head = a.step % a.heads;
-  a.inv_d = 1.0f / (float)D;
-  return launch(fn, qk_per_head_kernel<T, VEC, D, kHeadRows, PIPE>, grid, kHeadBlock, pdl, stream, a);
-}
-
-/* Grid: one group per item up to a persistent grid of SMs x resident blocks. When the items exceed that grid
- * (every group loops) and the pipelined form exists, it runs instead, on its own persistent grid (it holds
- * more registers: fewer blocks per SM). Measured (H200, GQA 8, 8 kv heads): 8192 tokens 78.8 -> 76.5 us
- * pipelined; at 1 token (no loop) the plain form is faster (0.96 against 1.01 us). */
+/* Grid: one block per GPB head rows (not a persistent grid: measured on H200, GQA 8 / 8 kv heads, bf16,
+ * against the persistent grid-stride loop with 2 rows per group and its pipelined form: 8192 tokens
+ * 76.7 -> 73.5 us, 1024 tokens 10.75 -> 10.45, 1 token 0.86 -> 0.79, head_dim 64 6.57 -> 5.90, 256 20.5 -> 19.6). */
 template <typename T, int VEC, int D>
-tpc_status_t launch_per_head_typed(const char* fn, const HeadArgs& a, const DevInfo& d, bool pdl,
-                                   cudaStream_t stream) {
+tpc_status_t launch_per_head_typed(const char* fn, HeadArgs a, const DevInfo& d, bool pdl, cudaStream_t stream) {
   constexpr int GPB = kHeadBlock / (D / 8);
   int occ = 0;
-  TPC_CHECK((head_occupancy<T, VEC, D, false>(fn, d, &occ)));
-  const int64_t persistent = (int64_t)d.sms * occ;
-  const int64_t needed = ((int64_t)a.total + GPB - 1) / GPB;
-  if constexpr (kHeadPipelined<T, VEC, D>) {
-    if (needed > persistent) {
-      int occ_pipe = 0;
-      TPC_CHECK((head_occupancy<T, VEC, D, true>(fn, d, &occ_pipe)));
-      const int64_t grid_pipe = (int64_t)d.sms * occ_pipe;
-      return launch_per_head_grid<T, VEC, D, true>(fn, a, needed < grid_pipe ? needed : grid_pipe, pdl, stream);
-    }
-  }
-  return launch_per_head_grid<T, VEC, D, false>(fn, a, needed < persistent ? needed : persistent, pdl, stream);
+  TPC_CHECK((head_occupancy<T, VEC, D>(fn, d, &occ)));
+  a.prefetch_blocks = (uint32_t)d.sms * (uint32_t)occ;
+  a.inv_d = 1.0f / (float)D;
+  const int64_t grid = ((int64_t)a.total + GPB - 1) / GPB;
+  return launch(fn, qk_per_head_kernel<T, VEC, D>, grid, kHeadBlock, pdl, stream, a);
 }
 
 template <typename T, int VEC>
@@ -897,7 +786,6 @@ extern "C" tpc_status_t tpc_qk_rmsnorm_per_head(void* q, void* k, const void* q_
   a.wk = (const uint16_t*)k_weight;
   a.q_stride = q_stride;
   a.k_stride = k_stride;
-  a.tokens = (uint32_t)tokens;
   a.total = (uint32_t)(tokens * heads);
   a.q_heads = (uint32_t)q_heads;
   a.heads = (uint32_t)heads;
