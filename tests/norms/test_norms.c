@@ -12,7 +12,7 @@
  * outputs cannot start as poison, so the weights are drawn with |w| in [2, 4): |y / x| = |w| / rms >= 2 for
  * every row scale used, and an element left unwritten fails the check. Rows are scaled by 1, 2^-10 or 16 so
  * that eps (1e-6, added to the mean) matters on the small rows. Cases: head_dim 64/128/256, GQA 1/4/8,
- * tokens 1, 7 and beyond several passes of the persistent grid, dense / strided / misaligned (element-wise
+ * tokens 1, 7 and grids of many waves (blocks past the first wave, which skip the L2 prefetch), dense / strided / misaligned (element-wise
  * path) / fused-qkv layouts, both dtypes, RMSNorm widths from 1 to 65536 including odd ones, fused add,
  * CUDA-graph capture of first calls, PDL chains of dependent launches, and TPCOMM_PDL=0. */
 #define _GNU_SOURCE
@@ -379,8 +379,10 @@ static void per_head_small(tpc_dtype_t dt) {
                          k_layout[lay]);
 }
 
-/* Tokens enough for several passes of the persistent grid: it covers at most SMs x 8 blocks x (256 / (D/8))
- * heads x 4 rows per pass (8 blocks of 256 threads fill an SM; the kernel keeps <= 4 rows in flight). */
+/* Tokens for a grid of many waves: one wave is at most SMs x 8 blocks of 256 / (D/8) head rows (8 blocks of
+ * 256 threads fill an SM); this asks for 10 waves' worth of head rows (the kernel once ran a persistent grid
+ * with up to 4 rows a group, which this bound was written for; blocks past the first wave now skip the L2
+ * prefetch, so both kinds of block are covered). */
 static int64_t tokens_beyond_grid(int D, int heads) {
   const int64_t per_pass = (int64_t)sm_count() * 8 * (256 / (D / 8)) * 4;
   int64_t t = (5 * per_pass / 2 + heads - 1) / heads;
@@ -407,11 +409,11 @@ Test(norms_gpu, per_head_small_fp16, .timeout = 300) {
   need_gpu();
   per_head_small(TPC_FLOAT16);
 }
-Test(norms_gpu, per_head_beyond_persistent_grid_bf16, .timeout = 600) {
+Test(norms_gpu, per_head_many_waves_bf16, .timeout = 600) {
   need_gpu();
   per_head_large(TPC_BFLOAT16);
 }
-Test(norms_gpu, per_head_beyond_persistent_grid_fp16, .timeout = 600) {
+Test(norms_gpu, per_head_many_waves_fp16, .timeout = 600) {
   need_gpu();
   per_head_large(TPC_FLOAT16);
 }
