@@ -15,7 +15,10 @@
  * lane so that all of them fit in one wave. The grid is at most what is resident at once (groups of a
  * rank wait for the peers' groups, so no block may wait for a free SM).
  * At two ranks the kernel is compiled for exactly two (NR = 2; measured 1 token 2.74 -> 2.64 us, no change
- * from 4 tokens up, perf-log.md fifth round); NR = 0 reads the rank count at run time.
+ * from 4 tokens up, perf-log.md fifth round); NR = 0 reads the rank count at run time. When the grid has a
+ * group for every token (the decode sizes) the ONE form runs: no loops over tokens, no next-row prefetch,
+ * only the one row held (bf16, J = 2, two ranks: 80 -> 62 registers; 2 ranks sharing one H200 under MPS,
+ * 1-128 tokens: -0.15 to -0.27 us, perf-log.md 2026-12-04; not yet measured on two GPUs).
  * Slot parity: one epoch per block entry; a block advances its own entry and the entries a smaller grid
  * lacks (b + k * grid), so all entries stay equal between calls whatever the grid; as in the one-shot
  * all-reduce (allreduce.cu) a peer is at most one call ahead, so two slots suffice.
@@ -213,7 +216,9 @@ __device__ __forceinline__ float2 group_sum(float a, float b, const Group& gr, f
   return warp_sum2(l < gr.W ? part[buf][w0 + l] : make_float2(0.f, 0.f));
 }
 
-template <typename T, int J, int kMaxThreads, int NR>
+/* ONE: every group has at most one token (the launcher's grid covers the tokens): no loops over tokens, no
+ * next-row prefetch and no reload, so the kernel holds only the one row. */
+template <typename T, int J, int kMaxThreads, int NR, bool ONE>
 __global__ void __launch_bounds__(kMaxThreads) qk_fused_kernel(tpc_ar_args_t a, tpc_qk_problem_t p, int W) {
   __shared__ float2 s_part[2][16]; /* warp sums: at most 16 warps a block */
   /* 512-thread blocks with J >= 5 (at most 128 registers a thread): weights re-read per token, first row
@@ -246,24 +251,31 @@ __global__ void __launch_bounds__(kMaxThreads) qk_fused_kernel(tpc_ar_args_t a, 
   float2 part = make_float2(0.f, 0.f);
   if (first < p.tokens) part = group_load_row<T, J>(p, first, gr, keep);
   int buf = 0;
-  for (int64_t t = first; t < p.tokens; t += groups) {
-    float2 next_part = make_float2(0.f, 0.f);
-    if constexpr (!kLean) { /* prefetch; with 512-thread blocks and J >= 5 no registers are spare for it */
-      uint4 next[J];
-      if (t + groups < p.tokens) next_part = group_load_row<T, J>(p, t + groups, gr, next);
-    } else if (t != first) {
-      uint4 x[J];
-      part = group_load_row<T, J>(p, t, gr, x);
-    }
+  auto push_sums = [&](int64_t t, float2 v) {
     if (per_warp) {
-      const float2 s = warp_sum2(part);
+      const float2 s = warp_sum2(v);
       if (lane < n) st_volatile_v2(push_dst + slot + ((size_t)t * W + gr.warp_in_group) * 8, sanitize2(s));
     } else {
-      const float2 s = group_sum(part.x, part.y, gr, s_part, buf);
+      const float2 s = group_sum(v.x, v.y, gr, s_part, buf);
       buf ^= 1;
       if (gr.lane < n) st_volatile_v2(push_dst + slot + (size_t)t * 8, sanitize2(s));
     }
-    part = next_part;
+  };
+  if constexpr (ONE) {
+    if (first < p.tokens) push_sums(first, part);
+  } else {
+    for (int64_t t = first; t < p.tokens; t += groups) {
+      float2 next_part = make_float2(0.f, 0.f);
+      if constexpr (!kLean) { /* prefetch; with 512-thread blocks and J >= 5 no registers are spare for it */
+        uint4 next[J];
+        if (t + groups < p.tokens) next_part = group_load_row<T, J>(p, t + groups, gr, next);
+      } else if (t != first) {
+        uint4 x[J];
+        part = group_load_row<T, J>(p, t, gr, x);
+      }
+      push_sums(t, part);
+      part = next_part;
+    }
   }
 
   /* phase B: the weights are loaded while the first token's sums travel; per token, every warp polls the
@@ -281,14 +293,8 @@ __global__ void __launch_bounds__(kMaxThreads) qk_fused_kernel(tpc_ar_args_t a, 
   }
   Waiter wt(a);
   char* const mine = mine_base + slot;
-  for (int64_t t = first; t < p.tokens; t += groups) {
-    uint4 x[J]; /* the row: still in registers for the first token, else loaded while the sums are awaited */
-    if (t == first && !kLean) {
-#pragma unroll
-      for (int j = 0; j < J; j++) x[j] = keep[j];
-    } else {
-      group_load_row<T, J>(p, t, gr, x);
-    }
+  /* token t's sums from every rank, then its row scaled in place; false when the wait was given up */
+  auto finish = [&](int64_t t, const uint4 (&x)[J]) -> bool {
     float2 total = make_float2(0.f, 0.f);
     bool fail = false;
     for (int k = lane; k < nvals && !fail; k += 32) {
@@ -305,7 +311,7 @@ __global__ void __launch_bounds__(kMaxThreads) qk_fused_kernel(tpc_ar_args_t a, 
       total.x += __uint_as_float(v.x);
       total.y += __uint_as_float(v.y);
     }
-    if (__any_sync(0xffffffffu, fail)) break;
+    if (__any_sync(0xffffffffu, fail)) return false;
     const float2 sc = scales_of(p, warp_sum2(total));
 #pragma unroll
     for (int j = 0; j < J; j++) {
@@ -317,12 +323,27 @@ __global__ void __launch_bounds__(kMaxThreads) qk_fused_kernel(tpc_ar_args_t a, 
         *row_vec<T>(p, t, i) = scale_vec<T>(x[j], w, i < p.q_vecs ? sc.x : sc.y);
       }
     }
+    return true;
+  };
+  if constexpr (ONE) {
+    if (first < p.tokens) finish(first, keep);
+  } else {
+    for (int64_t t = first; t < p.tokens; t += groups) {
+      uint4 x[J]; /* the row: still in registers for the first token, else loaded while the sums are awaited */
+      if (t == first && !kLean) {
+#pragma unroll
+        for (int j = 0; j < J; j++) x[j] = keep[j];
+      } else {
+        group_load_row<T, J>(p, t, gr, x);
+      }
+      if (!finish(t, x)) break;
+    }
   }
   /* every warp is done with the slots and every thread has read the epoch: re-arm this group's slots, and
    * advance the epoch for this block's entry and the entries of the blocks a smaller grid does not have
    * (b + k * grid), so all entries stay equal whatever the next grid is */
   __syncthreads();
-  for (int64_t t = first; t < p.tokens; t += groups)
+  for (int64_t t = first; t < (ONE && first < p.tokens ? first + 1 : p.tokens); t += groups)
     for (int k = gr.lane; k < nvals; k += gr.L) {
       const int src_rank = k / V;
       st_volatile_v2(mine + ((size_t)src_rank * M + (size_t)t * V + (size_t)(k - src_rank * V)) * 8,
@@ -395,8 +416,9 @@ cudaError_t launch_fused_j(const tpc_ar_args_t* a, const tpc_qk_problem_t* p, in
   const int threads = G * L;
   if (L > 512) return cudaErrorInvalidValue;
   const bool two = a->nranks == 2;
-  auto kernel = L <= 256 ? (two ? qk_fused_kernel<T, J, 256, 2> : qk_fused_kernel<T, J, 256, 0>)
-                         : (two ? qk_fused_kernel<T, J, 512, 2> : qk_fused_kernel<T, J, 512, 0>);
+  /* occupancy of the looping form: it holds more registers than the ONE form, so its count is safe for both */
+  auto kernel = L <= 256 ? (two ? qk_fused_kernel<T, J, 256, 2, false> : qk_fused_kernel<T, J, 256, 0, false>)
+                         : (two ? qk_fused_kernel<T, J, 512, 2, false> : qk_fused_kernel<T, J, 512, 0, false>);
   std::atomic<int>& occ = g_fused_occupancy[two][p->dtype == 1][J][threads / 32];
   int per_sm = occ.load(std::memory_order_relaxed);
   if (per_sm == 0) {
@@ -413,6 +435,10 @@ cudaError_t launch_fused_j(const tpc_ar_args_t* a, const tpc_qk_problem_t* p, in
   const int64_t cap = (int64_t)per_sm * (a->blocks < sms ? a->blocks : sms);
   if (blocks > cap) blocks = cap;
   if (blocks > TPC_QK_MAX_BLOCKS) blocks = TPC_QK_MAX_BLOCKS;
+  /* a group per token at most: the ONE form (groups of up to 8 warps; the 9-16-warp groups of rows over
+   * 2048 vectors a rank keep the looping form) */
+  if (blocks * G >= p->tokens && L <= 256)
+    kernel = two ? qk_fused_kernel<T, J, 256, 2, true> : qk_fused_kernel<T, J, 256, 0, true>;
   cudaLaunchAttribute attr[1];
   cudaLaunchConfig_t cfg = config((int)blocks, threads, pdl, stream, attr);
   return cudaLaunchKernelEx(&cfg, kernel, *a, *p, W);
