@@ -27,7 +27,7 @@
  * (token, head) pairs over q heads then k heads of each token, so consecutive groups touch consecutive
  * memory; 256 threads per block, one block per 256/(D/8) rows. Every thread reaches the shuffles (rows past
  * the end are masked, not returned), so full-warp shuffles are legal. This plain grid replaced a persistent
- * grid-stride loop with 2 rows per group (and a pipelined form for large inputs): few registers (28) give
+ * grid-stride loop with 2 rows per group (and a pipelined form for large inputs): few registers (26-32) give
  * full occupancy, and the block scheduler balances the tail (numbers at launch_per_head_typed).
  *
  * Registers (ptxas, sm_90a, CUDA 13.0; no spills, no stack): norm_rows_kernel 31-34 with ITEMS 1-2 (full
@@ -41,9 +41,10 @@
  * griddepcontrol.launch_dependents, so the next kernel's blocks are scheduled as ours leave and sit
  * prefetching and waiting instead of being launched after our last block (correctness never depends on
  * the trigger: a dependent's wait covers this grid's completion and memory flush). Only the first wave
- * of a grid prefetches (later blocks start after the wait is satisfied). Measured slower
- * with the prefetch, so without it: the fused kernel (1024 x 4096: 10.1 -> 11.4 us) and per head with
- * head_dim 64 (1024 tokens: 6.25 -> 6.64 us).
+ * of a grid prefetches (later blocks start after the wait is satisfied). Measured slower with the
+ * prefetch, so without it: the fused kernel (1024 x 4096: 10.1 -> 11.4 us). The per-head kernel prefetches
+ * at every head_dim (its earlier persistent form skipped head_dim 64, measured slower there; the plain
+ * grid with first-wave prefetch measured 6.30 -> 6.01 us at head_dim 64, 1024 tokens).
  *
  * Relies on: no shared memory beyond 256 bytes; no local memory (build with -Xptxas=-warn-spills); the
  * launchers validating every argument before any CUDA call, sizes below the limits in kernels.h, and the
