@@ -58,7 +58,6 @@
 #include <string.h>
 
 #include <atomic>
-#include <type_traits>
 
 #include <cuda_runtime_api.h>
 
@@ -668,9 +667,10 @@ tpc_status_t head_occupancy(const char* fn, const DevInfo& d, int* occ_out) {
   return TPC_SUCCESS;
 }
 
-/* Grid: one block per GPB head rows (not a persistent grid: measured on H200, GQA 8 / 8 kv heads, bf16,
- * against the persistent grid-stride loop with 2 rows per group and its pipelined form: 8192 tokens
- * 76.7 -> 73.5 us, 1024 tokens 10.75 -> 10.45, 1 token 0.86 -> 0.79, head_dim 64 6.57 -> 5.90, 256 20.5 -> 19.6). */
+/* Grid: one block per GPB head rows (not a persistent grid: same-call A/B on H200, GQA 8 / 8 kv heads, bf16,
+ * graph, against the persistent grid-stride loop with 2 rows per group and its pipelined form: 8192 tokens
+ * 75.66 -> 72.96 us, 1024 tokens 10.56 -> 10.40, 1 token 0.93 -> 0.92, head_dim 64 6.30 -> 6.01, 256 20.66 ->
+ * 19.50; docs/results/2026-12-04/ab_per_head.log). */
 template <typename T, int VEC, int D>
 tpc_status_t launch_per_head_typed(const char* fn, HeadArgs a, const DevInfo& d, bool pdl, cudaStream_t stream) {
   constexpr int GPB = kHeadBlock / (D / 8);

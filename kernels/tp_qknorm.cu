@@ -343,6 +343,8 @@ __global__ void __launch_bounds__(kMaxThreads) qk_fused_kernel(tpc_ar_args_t a, 
    * advance the epoch for this block's entry and the entries of the blocks a smaller grid does not have
    * (b + k * grid), so all entries stay equal whatever the next grid is */
   __syncthreads();
+  /* ONE: at most one pass (groups >= tokens); the explicit bound tells the compiler so (with the plain bound the
+   * J = 5 ONE kernels spill 4 bytes) */
   for (int64_t t = first; t < (ONE && first < p.tokens ? first + 1 : p.tokens); t += groups)
     for (int k = gr.lane; k < nvals; k += gr.L) {
       const int src_rank = k / V;
