@@ -623,6 +623,11 @@ static bench_rc_t time_copies(bench_ctx_t* ctx, void* dst, void* src, size_t byt
   return elapsed_ms(ctx, ms);
 }
 
+cudaError_t bench_h2d(void* dst, const void* src, size_t bytes) {
+  const cudaError_t err = cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice);
+  return err != cudaSuccess ? err : cudaDeviceSynchronize();
+}
+
 bench_rc_t bench_copy_bandwidth(bench_ctx_t* ctx, double* gbs) {
   const int reps = 20;
   size_t free_b = 0, total_b = 0;

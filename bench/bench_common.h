@@ -223,6 +223,11 @@ bench_rc_t bench_time_eager(bench_ctx_t* ctx, bench_op_t op, int warmup, int ite
  * *us = total / (iters * reps), this rank. */
 bench_rc_t bench_time_graph(bench_ctx_t* ctx, bench_op_t op, int iters, int reps, double* us);
 
+/* Host to device, returning only when the bytes are in device memory (cudaMemcpy, then cudaDeviceSynchronize:
+ * from pageable memory cudaMemcpy may return before its DMA lands, and work on a non-blocking stream does not
+ * wait for the legacy stream's copy). For set-up copies; the first error is returned. */
+cudaError_t bench_h2d(void* dst, const void* src, size_t bytes);
+
 /* ---- single-GPU kernel benchmarks: memory floor and cold L2 --------------------------------------------- */
 
 /* The device-to-device copy bandwidth (bytes read + written per second / 1e9) of ctx's GPU: cudaMemcpy of

@@ -414,12 +414,12 @@ static bench_rc_t run_quant(kg_t* b) {
     fill_bf16(hx, NULL, rows, hid, 1, bench_seed((uint64_t)rows, (uint64_t)hid, 1));
     bench_rc_t rc = dalloc((void**)&c.d_scale, 4);
     const float static_scale = 1.0f / 64.0f;
-    BENCH_TRY_CUDA(rc, cudaMemcpy(c.d_scale, &static_scale, 4, cudaMemcpyHostToDevice));
+    BENCH_TRY_CUDA(rc, bench_h2d(c.d_scale, &static_scale, 4));
     for (int r = 0; rc == BENCH_OK && r < c.R; r++) {
       rc = dalloc(&c.x[r], (size_t)(rows * hid) * 2);
       if (rc == BENCH_OK) rc = dalloc(&c.q[r], (size_t)(rows * hid));
       if (rc == BENCH_OK) rc = dalloc((void**)&c.s[r], (size_t)rows * 4);
-      BENCH_TRY_CUDA(rc, cudaMemcpy(c.x[r], hx, (size_t)(rows * hid) * 2, cudaMemcpyHostToDevice));
+      BENCH_TRY_CUDA(rc, bench_h2d(c.x[r], hx, (size_t)(rows * hid) * 2));
     }
     uint64_t wrong = 0;
     if (rc == BENCH_OK && b->o->check) rc = check_quant(b, &c, hx, &wrong);
@@ -572,7 +572,7 @@ static bench_rc_t gemm_bufs_init(kg_t* b, gemm_bufs_t* g) {
       /* copy r draws its own values (copy 0's are the checked ones) */
       fill_bf16(hw, r == 0 ? g->hw[p] : NULL, k_proj_n[p], KG_K, 0, bench_seed(7, (uint64_t)r, (uint64_t)p));
       rc = dalloc(&g->w[r][p], (size_t)k_proj_n[p] * KG_K * 2);
-      BENCH_TRY_CUDA(rc, cudaMemcpy(g->w[r][p], hw, (size_t)k_proj_n[p] * KG_K * 2, cudaMemcpyHostToDevice));
+      BENCH_TRY_CUDA(rc, bench_h2d(g->w[r][p], hw, (size_t)k_proj_n[p] * KG_K * 2));
     }
     if (rc != BENCH_OK) break;
     rc = bench_tpc_rc(b->ctx,
@@ -601,7 +601,7 @@ static bench_rc_t gemm_bufs_init(kg_t* b, gemm_bufs_t* g) {
   }
   fill_bf16(hx, g->hxf, mmax, KG_K, 0, bench_seed(8, 0, 0));
   rc = dalloc(&g->x, (size_t)(mmax * KG_K) * 2);
-  BENCH_TRY_CUDA(rc, cudaMemcpy(g->x, hx, (size_t)(mmax * KG_K) * 2, cudaMemcpyHostToDevice));
+  BENCH_TRY_CUDA(rc, bench_h2d(g->x, hx, (size_t)(mmax * KG_K) * 2));
   free(hx);
   if (rc == BENCH_OK) rc = dalloc(&g->y, (size_t)(mmax * KG_N_MERGED) * 2);
   return rc;
@@ -806,7 +806,7 @@ static bench_rc_t run_batched(kg_t* b) {
   }
   if (rc == BENCH_OK) rc = dalloc(&dw, (size_t)(2 * n * k) * 2);
   if (rc == BENCH_OK) rc = dalloc(&dy, (size_t)(2 * mmax * n) * 2);
-  BENCH_TRY_CUDA(rc, cudaMemcpy(dw, hw, (size_t)(2 * n * k) * 2, cudaMemcpyHostToDevice));
+  BENCH_TRY_CUDA(rc, bench_h2d(dw, hw, (size_t)(2 * n * k) * 2));
   bench_table_t t;
   bench_table_init(&t);
   bench_table_col(&t, "m", "", 5);
@@ -825,7 +825,7 @@ static bench_rc_t run_batched(kg_t* b) {
     const int64_t m = k_gemm_m[mi];
     /* x for this m: [2][m][128] contiguous, fresh values */
     fill_bf16(hx, fx, 2 * m, k, 0, bench_seed(10, (uint64_t)m, 0));
-    BENCH_TRY_CUDA(rc, cudaMemcpy(dx, hx, (size_t)(2 * m * k) * 2, cudaMemcpyHostToDevice));
+    BENCH_TRY_CUDA(rc, bench_h2d(dx, hx, (size_t)(2 * m * k) * 2));
     if (rc != BENCH_OK) break;
     kg_time_t tm[2];
     uint64_t wrong = 0;
@@ -912,13 +912,13 @@ static bench_rc_t run_square(kg_t* b) {
   const int nr = sample_rows(s, rows, KG_CHECK_ROWS);
   if (rc == BENCH_OK) {
     fill_bf16(h, fw, s, s, 0, bench_seed(11, 1, 0));
-    BENCH_TRY_CUDA(rc, cudaMemcpy(dw, h, elems * 2, cudaMemcpyHostToDevice));
+    BENCH_TRY_CUDA(rc, bench_h2d(dw, h, elems * 2));
   }
   if (rc == BENCH_OK) {
     fill_bf16(h, NULL, s, s, 0, bench_seed(11, 2, 0));
     for (int i = 0; i < nr; i++)
       for (int64_t j = 0; j < s; j++) fx[i * s + j] = bench_bf16_to_f32(h[rows[i] * s + j]);
-    BENCH_TRY_CUDA(rc, cudaMemcpy(dx, h, elems * 2, cudaMemcpyHostToDevice));
+    BENCH_TRY_CUDA(rc, bench_h2d(dx, h, elems * 2));
   }
   lt_plan_t plan;
   memset(&plan, 0, sizeof plan);
@@ -1030,7 +1030,7 @@ static bench_rc_t fp8_operand(kg_t* b, int64_t rows, int64_t k, uint64_t seed, v
   }
   if (rc == BENCH_OK) rc = dalloc(q, n);
   if (rc == BENCH_OK) rc = dalloc((void**)s, (size_t)rows * 4);
-  BENCH_TRY_CUDA(rc, cudaMemcpy(dx, h, n * 2, cudaMemcpyHostToDevice));
+  BENCH_TRY_CUDA(rc, bench_h2d(dx, h, n * 2));
   if (rc == BENCH_OK)
     rc = bench_tpc_rc(b->ctx, tpc_quant_fp8_per_token(*q, *s, dx, rows, k, k, k, TPC_BFLOAT16, b->ctx->stream),
                       "tpc_quant_fp8_per_token", __FILE__, __LINE__);

@@ -422,7 +422,7 @@ static bench_rc_t make_data(kn_bench_t* kb) {
     kb->h_weight[i] = tpc_ref_from_float(v < 0 ? -a : a, dt);
   }
   BENCH_CHECK_CUDA(cudaMalloc(&kb->d_pattern, KN_PATTERN * esize));
-  BENCH_CHECK_CUDA(cudaMemcpy(kb->d_pattern, kb->pattern, KN_PATTERN * esize, cudaMemcpyHostToDevice));
+  BENCH_CHECK_CUDA(bench_h2d(kb->d_pattern, kb->pattern, KN_PATTERN * esize));
   return BENCH_OK;
 }
 

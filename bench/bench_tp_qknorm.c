@@ -167,8 +167,8 @@ static bench_rc_t run_shape(bench_ctx_t* ctx, const qk_opts_t* o, int64_t qg, in
   const int bf16 = o->dtype == TPC_BFLOAT16;
   qkref_weight(c.seed, ctx->rank, 2, c.qd, bf16, c.hq);
   qkref_weight(c.seed, ctx->rank, 3, c.kd, bf16, c.hk);
-  BENCH_CHECK_CUDA(cudaMemcpy(c.wq, c.hq, c.qd * 2, cudaMemcpyHostToDevice));
-  BENCH_CHECK_CUDA(cudaMemcpy(c.wk, c.hk, c.kd * 2, cudaMemcpyHostToDevice));
+  BENCH_CHECK_CUDA(bench_h2d(c.wq, c.hq, c.qd * 2));
+  BENCH_CHECK_CUDA(bench_h2d(c.wk, c.hk, c.kd * 2));
   for (int64_t tokens = 1; tokens <= o->max_tokens; tokens *= 2) {
     c.tokens = tokens;
     double us[NPATHS];

@@ -341,7 +341,16 @@ static void* hmalloc(size_t bytes) {
   cr_assert_not_null(p);
   return p;
 }
-static void h2d(void* d, const void* h, size_t bytes) { CUDA_OK(cudaMemcpy(d, h, bytes, cudaMemcpyHostToDevice)); }
+/* Fill and upload, both finished on return: cudaMemset of device memory, and cudaMemcpy from pageable memory, may
+ * return before the device has the bytes, and kernels on a non-blocking stream do not wait for the legacy stream. */
+static void dset(void* d, int value, size_t bytes) {
+  CUDA_OK(cudaMemset(d, value, bytes));
+  CUDA_OK(cudaDeviceSynchronize());
+}
+static void h2d(void* d, const void* h, size_t bytes) {
+  CUDA_OK(cudaMemcpy(d, h, bytes, cudaMemcpyHostToDevice));
+  CUDA_OK(cudaDeviceSynchronize());
+}
 static void d2h(void* h, const void* d, size_t bytes) { CUDA_OK(cudaMemcpy(h, d, bytes, cudaMemcpyDeviceToHost)); }
 
 static uint16_t to_half(float f, int is_fp16) { return is_fp16 ? tpc_test_f32_to_f16(f) : tpc_test_f32_to_bf16(f); }
@@ -410,8 +419,8 @@ static void quant_case(int64_t rows, int64_t hidden, int is_fp16, tpc_quant_path
   float* got_s = hmalloc((size_t)rows * 4);
   const uint8_t poisons[2] = {0xA5, 0x5A};
   for (int p = 0; p < 2; p++) {
-    CUDA_OK(cudaMemset(dq, poisons[p], qn));
-    CUDA_OK(cudaMemset(ds, 0xff, (size_t)rows * 4)); /* NaN */
+    dset(dq, poisons[p], qn);
+    dset(ds, 0xff, (size_t)rows * 4); /* NaN */
     tpc_status_t st = tpc_quant_fp8_per_token_ex(dq, ds, dx + offset, rows, hidden, x_stride, q_stride, dt, path, 0);
     if (st == TPC_ERR_UNSUPPORTED && path != TPC_QUANT_PATH_AUTO) break; /* this path cannot serve hidden */
     cr_assert_eq(st, TPC_SUCCESS, "rows=%lld hidden=%lld path=%s: %s", (long long)rows, (long long)hidden,
@@ -557,7 +566,7 @@ Test(quant_gpu, static_scale_saturation_and_specials) {
       h2d(ds, &scales[si], 4);
       for (int p = 0; p < 2; p++) {
         const uint8_t poison = p ? 0x5A : 0xA5;
-        CUDA_OK(cudaMemset(dq, poison, (size_t)(rows * qs)));
+        dset(dq, poison, (size_t)(rows * qs));
         TPC_OK(tpc_quant_fp8_static(dq, dx, ds, rows, hidden, xs, qs, dt, 0));
         CUDA_OK(cudaDeviceSynchronize());
         d2h(got, dq, (size_t)(rows * qs));
@@ -613,7 +622,7 @@ static void mat_free(mat_t* m) {
 /* A poisoned (all ones: NaN in bf16 and fp16) device output of rows x ld. */
 static void* out_poisoned(int64_t rows, int64_t ld, size_t esize) {
   void* d = dmalloc((size_t)(rows * ld) * esize);
-  CUDA_OK(cudaMemset(d, 0xff, (size_t)(rows * ld) * esize));
+  dset(d, 0xff, (size_t)(rows * ld) * esize);
   return d;
 }
 
@@ -757,10 +766,10 @@ Test(gemm_gpu, autotuned_equals_untuned, .timeout = 600) {
       void* y0 = out_poisoned(m, n, 2);
       void* y1 = out_poisoned(m, n, 2);
       TPC_OK(tpc_gemm(plain, m, n, k, x.d, k, w.d, k, y0, n, dt, 0));
-      CUDA_OK(cudaMemset(y1, 0xff, (size_t)(m * n) * 2)); /* trials write y: poison again after tuning */
+      dset(y1, 0xff, (size_t)(m * n) * 2); /* trials write y: poison again after tuning */
       TPC_OK(tpc_gemm(tuned, m, n, k, x.d, k, w.d, k, y1, n, dt, 0)); /* tunes, then runs */
       CUDA_OK(cudaDeviceSynchronize());
-      CUDA_OK(cudaMemset(y1, 0xff, (size_t)(m * n) * 2));
+      dset(y1, 0xff, (size_t)(m * n) * 2);
       TPC_OK(tpc_gemm(tuned, m, n, k, x.d, k, w.d, k, y1, n, dt, 0)); /* the tuned algorithm alone */
       float* g0 = out_fetch(y0, m, n, n, fp16, 0);
       float* g1 = out_fetch(y1, m, n, n, fp16, 0);
@@ -959,7 +968,7 @@ Test(gemm_gpu, strided_batched_pair) {
     }
     free(g);
     /* x_batch_stride 0: the same input through both weights */
-    CUDA_OK(cudaMemset(y, 0xff, (size_t)(2 * m * n) * 2));
+    dset(y, 0xff, (size_t)(2 * m * n) * 2);
     TPC_OK(tpc_gemm_strided_batched(h, m, n, k, x.d, k, 0, w.d, k, n * k, y, n, m * n, 2, TPC_BFLOAT16, 0));
     g = out_fetch(y, 2 * m, n, n, 0, 0);
     for (int b = 0; b < 2; b++) {
@@ -996,7 +1005,7 @@ static fp8_mat_t fp8_random(int64_t rows, int64_t k, int64_t ld) {
   h2d(dx, hx, (size_t)(rows * k) * 2);
   f.q_d = dmalloc((size_t)(rows * ld));
   f.s_d = dmalloc((size_t)rows * 4);
-  CUDA_OK(cudaMemset(f.q_d, 0, (size_t)(rows * ld)));
+  dset(f.q_d, 0, (size_t)(rows * ld));
   TPC_OK(tpc_quant_fp8_per_token(f.q_d, f.s_d, dx, rows, k, k, ld, TPC_BFLOAT16, 0));
   f.q_h = hmalloc((size_t)(rows * ld));
   f.s_h = hmalloc((size_t)rows * 4);
@@ -1064,7 +1073,7 @@ Test(gemm_gpu, fp8_against_dequantized_product, .timeout = 300) {
       const int64_t y_ld = n + 8;
       void* y = dmalloc((size_t)(m * y_ld) * es);
       for (int sc = 0; sc < 3; sc++) {
-        CUDA_OK(cudaMemset(y, 0xff, (size_t)(m * y_ld) * es));
+        dset(y, 0xff, (size_t)(m * y_ld) * es);
         tpc_status_t st = tpc_gemm_fp8(h, m, n, k, x.q_d, x.ld, x.s_d, w.q_d, w.ld, w.s_d, y, y_ld, outs[o], scalings[sc], 0);
         if (st == TPC_ERR_UNSUPPORTED && scalings[sc] == TPC_FP8_SCALING_OUTER_VEC) {
           cr_log_warn("outer-vector FP8 scaling not available here (m=%lld n=%lld k=%lld out=%d): %s", (long long)m,
@@ -1138,9 +1147,9 @@ Test(gemm_gpu, graph_capture_replays_the_same_results, .timeout = 300) {
   d2h(e_q, q, (size_t)(m * hid));
   d2h(e_y, y, (size_t)(m * 88) * 2);
   d2h(e_y8, y8, (size_t)(m * 64) * 2);
-  CUDA_OK(cudaMemset(q, 0, (size_t)(m * hid)));
-  CUDA_OK(cudaMemset(y, 0, (size_t)(m * 88) * 2));
-  CUDA_OK(cudaMemset(y8, 0, (size_t)(m * 64) * 2));
+  dset(q, 0, (size_t)(m * hid));
+  dset(y, 0, (size_t)(m * 88) * 2);
+  dset(y8, 0, (size_t)(m * 64) * 2);
   int64_t queries_before = 0, queries_after = 0;
   TPC_OK(tpc_gemm_handle_stats(h, NULL, &queries_before));
   cudaGraph_t graph;

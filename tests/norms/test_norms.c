@@ -201,7 +201,11 @@ static void tb_init(tbuf_t* b, size_t extent, size_t misalign) {
 
 static uint16_t* tb_host(tbuf_t* b) { return b->before + b->off; }
 static void* tb_dev(tbuf_t* b) { return b->dev + b->off; }
-static void tb_upload(tbuf_t* b) { CUDA_OK(cudaMemcpy(b->dev, b->before, b->total * 2, cudaMemcpyHostToDevice)); }
+/* On g_stream, so the kernel launched next on it reads the copied bytes: a plain cudaMemcpy from pageable memory
+ * may return before its DMA lands, and g_stream (non-blocking) does not wait for the legacy stream. */
+static void tb_upload(tbuf_t* b) {
+  CUDA_OK(cudaMemcpyAsync(b->dev, b->before, b->total * 2, cudaMemcpyHostToDevice, g_stream));
+}
 static void tb_download(tbuf_t* b) {
   CUDA_OK(cudaStreamSynchronize(g_stream));
   CUDA_OK(cudaMemcpy(b->after, b->dev, b->total * 2, cudaMemcpyDeviceToHost));
