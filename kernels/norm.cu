@@ -30,12 +30,13 @@
  * grid-stride loop with 2 rows per group (and a pipelined form for large inputs): few registers (26-32) give
  * full occupancy, and the block scheduler balances the tail (numbers at launch_per_head_typed).
  *
- * Registers (ptxas, sm_90a, CUDA 13.0; no spills, no stack): norm_rows_kernel 31-34 with ITEMS 1-2 (full
- * occupancy), 58-64 with ITEMS 4-8 (bounded by __launch_bounds__(1024); half the threads per SM, measured
- * faster for wide rows anyway, see row_items); qk_per_head_kernel 26-32 (8 blocks of 256 per SM).
+ * Registers (ptxas, sm_90a, CUDA 13.0; no spills, no stack): norm_rows_kernel 32 with ITEMS 1-2 (full
+ * occupancy; 32-44 fused), 60-64 with ITEMS 4-8 (bounded by __launch_bounds__(1024); half the threads per SM,
+ * measured faster for wide rows anyway, see row_items); qk_per_head_kernel 26-32 (8 blocks of 256 per SM).
  *
- * PDL (sm_90+, launched with programmatic stream serialization unless TPCOMM_PDL=0): each block first
- * prefetches into L2 the rows of its first work item (prefetch.global.L2: a hint that reads nothing into
+ * PDL (sm_90+, launched with programmatic stream serialization unless TPCOMM_PDL=0): each block first forms
+ * its first work item's addresses (RowWork; the per-head kernel likewise) and prefetches its rows into L2
+ * (prefetch.global.L2: a hint that reads nothing into
  * registers or L1, so it cannot observe data the previous kernel is still writing: those stores land in
  * L2 and update the line), then griddepcontrol.wait before the first global read, then at once
  * griddepcontrol.launch_dependents, so the next kernel's blocks are scheduled as ours leave and sit
@@ -235,6 +236,43 @@ __device__ __forceinline__ RowSeg pick_seg(const RowArgs& a, bool second) {
   return s;
 }
 
+/* What a thread needs of work item (block) blk: its row's addresses and the segment's shape. It depends only on
+ * the launch, so the first item's is formed before the PDL wait, while the previous kernel still runs: formed
+ * after it (the division by group and the 64-bit row arithmetic, ~80 instructions a thread, issued by every
+ * resident warp) it delayed the first loads. Same-call A/B, graph, bf16 (perf-log.md, 2026-12-04): RMSNorm
+ * 1 x 4096 1.53 -> 1.30 us, 1024 x 4096 5.27 -> 5.04; fused add 1 x 4096 1.94 -> 1.39, 1024 x 4096 10.2 -> 9.55;
+ * across heads 1 x (8192 + 8192) 1.70 -> 1.49; within 0.5 % or better at the large shapes. */
+struct RowWork {
+  const uint16_t* in;
+  uint16_t* out;
+  uint16_t* res;
+  const uint16_t* w;
+  int hidden, group, lane, grp, rows_per_block;
+  float inv_hidden;
+  bool active;
+};
+template <bool FUSED>
+__device__ __forceinline__ RowWork row_work(const RowArgs& a, int64_t blk) {
+  const bool second = blk >= a.seg[0].blocks;
+  const RowSeg s = pick_seg(a, second);
+  const int64_t b = second ? blk - a.seg[0].blocks : blk;
+  RowWork r;
+  r.grp = (int)threadIdx.x / s.group;
+  r.lane = (int)threadIdx.x - r.grp * s.group;
+  const int64_t row = b * s.rows_per_block + r.grp;
+  r.active = r.grp < s.rows_per_block && row < s.rows;
+  const int64_t rr = r.active ? row : 0; /* inactive threads form no out-of-range address */
+  r.in = s.in + rr * s.in_stride;
+  r.out = s.out + rr * s.out_stride;
+  r.res = FUSED ? s.res + rr * s.res_stride : nullptr;
+  r.w = s.w;
+  r.hidden = s.hidden;
+  r.group = s.group;
+  r.rows_per_block = s.rows_per_block;
+  r.inv_hidden = s.inv_hidden;
+  return r;
+}
+
 template <typename T, int VEC, int ITEMS, bool FUSED>
 __global__ void __launch_bounds__(1024) norm_rows_kernel(const RowArgs a) {
   /* wide rows keep the weights until after the reduction instead of prefetching them (registers) */
@@ -242,52 +280,39 @@ __global__ void __launch_bounds__(1024) norm_rows_kernel(const RowArgs a) {
   /* fused: vectors of residual loaded at once (element-wise loads hold 8 registers per vector) */
   constexpr int kFusedChunk = (VEC == 8 ? 4 : 2) / (ITEMS == 8 ? 2 : 1);
   __shared__ float s_part[2][32];
-  if (VEC == 8 && (int64_t)blockIdx.x < a.prefetch_blocks && (int64_t)blockIdx.x < a.total_blocks) {
-    const int64_t blk = blockIdx.x;
-    const bool second = blk >= a.seg[0].blocks;
-    const RowSeg s = pick_seg(a, second);
-    const int64_t b = second ? blk - a.seg[0].blocks : blk;
-    const int grp = (int)threadIdx.x / s.group;
-    const int lane = (int)threadIdx.x - grp * s.group;
-    const int64_t row = b * s.rows_per_block + grp;
-    if (grp < s.rows_per_block && row < s.rows) {
+  int64_t blk = blockIdx.x;
+  RowWork s = row_work<FUSED>(a, blk);
+  if (VEC == 8 && blk < a.prefetch_blocks && blk < a.total_blocks && s.active) {
 #pragma unroll
-      for (int j = 0; j < ITEMS; j++) {
-        const int e = (j * s.group + lane) * 8;
-        if (e < s.hidden) {
-          prefetch_l2<VEC>(s.in + row * s.in_stride + e);
-          if constexpr (FUSED) prefetch_l2<VEC>(s.res + row * s.res_stride + e);
-        }
+    for (int j = 0; j < ITEMS; j++) {
+      const int e = (j * s.group + s.lane) * 8;
+      if (e < s.hidden) {
+        prefetch_l2<VEC>(s.in + e);
+        if constexpr (FUSED) prefetch_l2<VEC>(s.res + e);
       }
     }
   }
   pdl_wait();
   pdl_trigger();
-  int iter = 0;
-  for (int64_t blk = blockIdx.x; blk < a.total_blocks; blk += gridDim.x, iter++) {
-    const bool second = blk >= a.seg[0].blocks; /* uniform in the block */
-    const RowSeg s = pick_seg(a, second);
-    const int64_t b = second ? blk - a.seg[0].blocks : blk;
-    const int grp = (int)threadIdx.x / s.group;
-    const int lane = (int)threadIdx.x - grp * s.group;
-    const int64_t row = b * s.rows_per_block + grp;
-    const bool active = grp < s.rows_per_block && row < s.rows;
+  for (int iter = 0; blk < a.total_blocks; blk += gridDim.x, iter++) {
+    if (iter > 0) s = row_work<FUSED>(a, blk);
+    const int grp = s.grp, lane = s.lane;
+    const bool active = s.active;
 
     uint4 x[ITEMS], w[ITEMS];
     float ss = 0.f;
 #pragma unroll
     for (int j = 0; j < ITEMS; j++) x[j] = w[j] = make_uint4(0u, 0u, 0u, 0u);
     if (active) {
-      const uint16_t* in = s.in + row * s.in_stride;
 #pragma unroll
       for (int j = 0; j < ITEMS; j++) {
         const int e = (j * s.group + lane) * 8;
-        if (e < s.hidden) x[j] = ld8<VEC>(in + e, s.hidden - e);
+        if (e < s.hidden) x[j] = ld8<VEC>(s.in + e, s.hidden - e);
       }
       if constexpr (FUSED) {
         /* the residual in chunks of CH vectors: x[] and one chunk of it live at a time (registers) */
         constexpr int CH = ITEMS < kFusedChunk ? ITEMS : kFusedChunk;
-        uint16_t* res = s.res + row * s.res_stride;
+        uint16_t* res = s.res;
 #pragma unroll
         for (int c = 0; c < ITEMS; c += CH) {
           uint4 r[CH];
@@ -334,7 +359,7 @@ __global__ void __launch_bounds__(1024) norm_rows_kernel(const RowArgs a) {
 
     if (active) {
       const float r = rsqrtf(fmaf(ss, s.inv_hidden, a.eps));
-      uint16_t* out = s.out + row * s.out_stride;
+      uint16_t* out = s.out;
 #pragma unroll
       for (int j = 0; j < ITEMS; j++) {
         const int e = (j * s.group + lane) * 8;
