@@ -575,6 +575,11 @@ int row_items(int64_t nvec, bool fused, int64_t rows, int sms) {
   if (nvec > 4096) return 8;
   const bool few_rows = rows < sms; /* decode sizes keep the earlier choice (2 / 4) where unmeasured or slower */
   if (fused && nvec > 128 && nvec <= 1024 && few_rows) return 2;
+  /* RMSNorm, 4 to SMs - 1 rows of 1025-4096 elements: 2 (graph, H200, after RowWork: 4 x 4096 1.53 -> 1.41 us,
+   * 16 x 4096 1.59 -> 1.43, 64 x 4096 1.76 -> 1.65, 100 x 4096 1.83 -> 1.80, 16 / 64 x 2048 1.52 / 1.62 -> 1.39 /
+   * 1.48); one row, and rows of 8192, stay at 4 (1 x 4096 1.32 -> 1.38, 16 x 8192 1.70 -> 1.90 with 2). The
+   * across-heads norm (same kernel, two segments) follows the same rule, not measured there */
+  if (!fused && few_rows && rows >= 4 && nvec > 128 && nvec <= 512) return 2;
   if (!fused && nvec > 1024 && !few_rows) return 8;
   return 4;
 }
