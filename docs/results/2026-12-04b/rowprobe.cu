@@ -1,6 +1,8 @@
 // rowprobe.cu — what a streaming kernel of 1024 x 4096 bf16 (8 MiB in, 8 MiB out) costs in a CUDA graph on
 // this GPU, beside tpc_rmsnorm: copy kernels with/without PDL and prefetch, read-only, write-only, memcpy.
-// Experiment only (not part of the project). Calls rotate over sets > 2x L2.
+// Experiment only (not part of the project). Calls rotate over sets > 2x L2. Built and run on the device as
+//   nvcc -std=c++17 -arch=sm_90a -O3 -Iinclude rowprobe.cu -o rowprobe -Lbuild/lib -ltpcomm && ./rowprobe 1024 4096
+// (a third argument times only tpc_rmsnorm, labelled with it).
 #include <cuda_runtime.h>
 #include <stdio.h>
 #include <stdint.h>
