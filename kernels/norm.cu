@@ -565,11 +565,11 @@ bool aligned16(const void* p) { return (uintptr_t)p % 16 == 0; }
  * half the threads per SM, but fewer threads to reduce a row over), 8 for the normalizing kernel above 8192
  * elements when there are at least as many rows as SMs, and always 8 above 32768 so a row fits one block of
  * <= 1024 threads; with fewer rows than SMs (latency-bound: more threads per row) the fused kernel keeps 2 up
- * to 8192 elements. Measured on H200, graph, us (perf-log.md, fifth round; 2 / 4 / 8 vectors a thread):
+ * to 8192 elements, and RMSNorm takes 2 from 4 rows of 1025-4096 elements (below). Measured on H200, graph, us (perf-log.md, fifth round; 2 / 4 / 8 vectors a thread):
  * RMSNorm 1024 x 4096 5.56 / 5.29 / 6.46, 8192 x 8192 68.6 / 64.6 / 67.1, 4096 x 16384 83.5 / 69.7 / 67.1,
  * 16384^2 318.6 / 269.2 / 261.1; across heads 2048 x (8192 + 8192) 36.0 / 33.9 / 38.7, 1 x (8192 + 8192)
  * 1.98 / 1.70; fused 1 x 4096 1.84 / 2.09, 1024 x 4096 10.98 / 10.17, 16384^2 571 / 527 / 534. */
-int row_items(int64_t nvec, bool fused, int64_t rows, int sms) {
+int row_items(int64_t nvec, bool fused, bool one_segment, int64_t rows, int sms) {
   if (nvec <= 32) return 1;
   if (nvec <= 64) return 2;
   if (nvec > 4096) return 8;
@@ -577,9 +577,9 @@ int row_items(int64_t nvec, bool fused, int64_t rows, int sms) {
   if (fused && nvec > 128 && nvec <= 1024 && few_rows) return 2;
   /* RMSNorm, 4 to SMs - 1 rows of 1025-4096 elements: 2 (graph, H200, after RowWork: 4 x 4096 1.53 -> 1.41 us,
    * 16 x 4096 1.59 -> 1.43, 64 x 4096 1.76 -> 1.65, 100 x 4096 1.83 -> 1.80, 16 / 64 x 2048 1.52 / 1.62 -> 1.39 /
-   * 1.48); one row, and rows of 8192, stay at 4 (1 x 4096 1.32 -> 1.38, 16 x 8192 1.70 -> 1.90 with 2). The
-   * across-heads norm (same kernel, two segments) follows the same rule, not measured there */
-  if (!fused && few_rows && rows >= 4 && nvec > 128 && nvec <= 512) return 2;
+   * 1.48); one row, and rows of 8192, stay at 4 (1 x 4096 1.32 -> 1.38, 16 x 8192 1.70 -> 1.90 with 2). Not for
+   * the across-heads norm (two segments): not measured there */
+  if (!fused && one_segment && few_rows && rows >= 4 && nvec > 128 && nvec <= 512) return 2;
   if (!fused && nvec > 1024 && !few_rows) return 8;
   return 4;
 }
@@ -604,7 +604,7 @@ int plan_rows(RowArgs* a, int nseg, bool fused, int sms, int* items_out) {
     if (nvec > nvec_max) nvec_max = nvec;
     if (a->seg[i].rows > rows_max) rows_max = a->seg[i].rows;
   }
-  const int items = row_items(nvec_max, fused, rows_max, sms);
+  const int items = row_items(nvec_max, fused, nseg == 1, rows_max, sms);
   *items_out = items;
   int block = 32;
   for (int i = 0; i < nseg; i++) {
