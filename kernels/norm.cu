@@ -565,7 +565,8 @@ bool aligned16(const void* p) { return (uintptr_t)p % 16 == 0; }
  * half the threads per SM, but fewer threads to reduce a row over), 8 for the normalizing kernel above 8192
  * elements when there are at least as many rows as SMs, and always 8 above 32768 so a row fits one block of
  * <= 1024 threads; with fewer rows than SMs (latency-bound: more threads per row) the fused kernel keeps 2 up
- * to 8192 elements, and RMSNorm takes 2 from 4 rows of 1025-4096 elements (below). Measured on H200, graph, us (perf-log.md, fifth round; 2 / 4 / 8 vectors a thread):
+ * to 8192 elements, and RMSNorm takes 2 from 4 rows of 1025-4096 elements (below). Measured on H200, graph,
+ * us (perf-log.md, fifth round; 2 / 4 / 8 vectors a thread):
  * RMSNorm 1024 x 4096 5.56 / 5.29 / 6.46, 8192 x 8192 68.6 / 64.6 / 67.1, 4096 x 16384 83.5 / 69.7 / 67.1,
  * 16384^2 318.6 / 269.2 / 261.1; across heads 2048 x (8192 + 8192) 36.0 / 33.9 / 38.7, 1 x (8192 + 8192)
  * 1.98 / 1.70; fused 1 x 4096 1.84 / 2.09, 1024 x 4096 10.98 / 10.17, 16384^2 571 / 527 / 534. */
