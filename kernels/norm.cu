@@ -478,6 +478,24 @@ tpc_status_t launch(const char* fn, Kernel kernel, int64_t grid, int block, bool
   return TPC_SUCCESS;
 }
 
+/* Resident blocks per SM of `kernel` at `block` threads on device d: the first wave is sms x this. Queried once per
+ * kernel (each caller's template keeps its own `cache`), device and block size (a multiple of 32 up to 1024). */
+template <typename Kernel>
+tpc_status_t resident_blocks(const char* fn, Kernel kernel, int block, const DevInfo& d,
+                             std::atomic<int> (&cache)[kMaxDevices][33], int* occ_out) {
+  const int slot = block / 32;
+  const bool cached = d.device >= 0 && d.device < kMaxDevices && slot <= 32;
+  int occ = cached ? cache[d.device][slot].load(std::memory_order_relaxed) : 0;
+  if (occ <= 0) {
+    const cudaError_t err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, kernel, block, 0);
+    if (err != cudaSuccess) return cuda_fail(fn, "cudaOccupancyMaxActiveBlocksPerMultiprocessor", err);
+    if (occ < 1) occ = 1;
+    if (cached) cache[d.device][slot].store(occ, std::memory_order_relaxed);
+  }
+  *occ_out = occ;
+  return TPC_SUCCESS;
+}
+
 /* ---- argument checks (no CUDA calls) ------------------------------------------------------------------ */
 tpc_status_t check_dtype(const char* fn, tpc_dtype_t dtype) {
   if ((int)dtype < 0 || (int)dtype >= (int)TPC_NUM_DTYPES)
@@ -645,14 +663,32 @@ RowSeg row_seg(const void* in, void* out, void* res, const void* w, int64_t rows
   return s;
 }
 
-template <typename T, int VEC, bool FUSED>
-tpc_status_t launch_rows_items(const char* fn, const RowArgs& a, int items, int block, bool pdl, cudaStream_t stream) {
+/* One row kernel: the blocks of its first wave (SMs x resident blocks, queried: the ITEMS 4-8 kernels hold 60-64
+ * registers a thread, so half as many threads as the 32-register ones) prefetch their first rows before the PDL
+ * wait; later blocks would only add traffic while the first wave streams. The fused kernel prefetches nothing
+ * (measured slower with it). */
+template <typename T, int VEC, int ITEMS, bool FUSED>
+tpc_status_t launch_rows_kernel(const char* fn, RowArgs a, int block, const DevInfo& d, bool pdl, cudaStream_t stream) {
+  static std::atomic<int> s_occupancy[kMaxDevices][33];
+  const auto kernel = norm_rows_kernel<T, VEC, ITEMS, FUSED>;
+  a.prefetch_blocks = 0;
+  if (!FUSED && VEC == 8) {
+    int occ = 0;
+    TPC_CHECK(resident_blocks(fn, kernel, block, d, s_occupancy, &occ));
+    a.prefetch_blocks = (int64_t)d.sms * occ;
+  }
   const int64_t grid = a.total_blocks < 0x7fffffffLL ? a.total_blocks : 0x7fffffffLL;
+  return launch(fn, kernel, grid, block, pdl, stream, a);
+}
+
+template <typename T, int VEC, bool FUSED>
+tpc_status_t launch_rows_items(const char* fn, const RowArgs& a, int items, int block, const DevInfo& d, bool pdl,
+                               cudaStream_t stream) {
   switch (items) {
-    case 1: return launch(fn, norm_rows_kernel<T, VEC, 1, FUSED>, grid, block, pdl, stream, a);
-    case 2: return launch(fn, norm_rows_kernel<T, VEC, 2, FUSED>, grid, block, pdl, stream, a);
-    case 4: return launch(fn, norm_rows_kernel<T, VEC, 4, FUSED>, grid, block, pdl, stream, a);
-    case 8: return launch(fn, norm_rows_kernel<T, VEC, 8, FUSED>, grid, block, pdl, stream, a);
+    case 1: return launch_rows_kernel<T, VEC, 1, FUSED>(fn, a, block, d, pdl, stream);
+    case 2: return launch_rows_kernel<T, VEC, 2, FUSED>(fn, a, block, d, pdl, stream);
+    case 4: return launch_rows_kernel<T, VEC, 4, FUSED>(fn, a, block, d, pdl, stream);
+    case 8: return launch_rows_kernel<T, VEC, 8, FUSED>(fn, a, block, d, pdl, stream);
     default: return tpc_error(NULL, TPC_ERR_INTERNAL, "%s: no kernel for %d vectors per thread", fn, items);
   }
 }
@@ -665,39 +701,22 @@ tpc_status_t launch_rows(const char* fn, RowArgs* a, int nseg, bool fused, bool 
   TPC_CHECK(launch_setup(fn, &d, &pdl));
   int items = 0;
   const int block = plan_rows(a, nseg, fused, d.sms, &items);
-  a->prefetch_blocks = fused ? 0 : (int64_t)d.sms * (2048 / block); /* at most the first wave */
   const bool bf16 = dtype == TPC_BFLOAT16;
   if (fused) {
     if (bf16)
-      return vec8 ? launch_rows_items<__nv_bfloat16, 8, true>(fn, *a, items, block, pdl, stream)
-                  : launch_rows_items<__nv_bfloat16, 1, true>(fn, *a, items, block, pdl, stream);
-    return vec8 ? launch_rows_items<__half, 8, true>(fn, *a, items, block, pdl, stream)
-                : launch_rows_items<__half, 1, true>(fn, *a, items, block, pdl, stream);
+      return vec8 ? launch_rows_items<__nv_bfloat16, 8, true>(fn, *a, items, block, d, pdl, stream)
+                  : launch_rows_items<__nv_bfloat16, 1, true>(fn, *a, items, block, d, pdl, stream);
+    return vec8 ? launch_rows_items<__half, 8, true>(fn, *a, items, block, d, pdl, stream)
+                : launch_rows_items<__half, 1, true>(fn, *a, items, block, d, pdl, stream);
   }
   if (bf16)
-    return vec8 ? launch_rows_items<__nv_bfloat16, 8, false>(fn, *a, items, block, pdl, stream)
-                : launch_rows_items<__nv_bfloat16, 1, false>(fn, *a, items, block, pdl, stream);
-  return vec8 ? launch_rows_items<__half, 8, false>(fn, *a, items, block, pdl, stream)
-              : launch_rows_items<__half, 1, false>(fn, *a, items, block, pdl, stream);
+    return vec8 ? launch_rows_items<__nv_bfloat16, 8, false>(fn, *a, items, block, d, pdl, stream)
+                : launch_rows_items<__nv_bfloat16, 1, false>(fn, *a, items, block, d, pdl, stream);
+  return vec8 ? launch_rows_items<__half, 8, false>(fn, *a, items, block, d, pdl, stream)
+              : launch_rows_items<__half, 1, false>(fn, *a, items, block, d, pdl, stream);
 }
 
 /* ---- per-head launches -------------------------------------------------------------------------------- */
-/* Resident blocks per SM of qk_per_head_kernel<T, VEC, D>, per device (queried once). */
-template <typename T, int VEC, int D>
-tpc_status_t head_occupancy(const char* fn, const DevInfo& d, int* occ_out) {
-  static std::atomic<int> s_occupancy[kMaxDevices];
-  int occ = d.device < kMaxDevices ? s_occupancy[d.device].load(std::memory_order_relaxed) : 0;
-  if (occ <= 0) {
-    const cudaError_t err =
-        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, qk_per_head_kernel<T, VEC, D>, kHeadBlock, 0);
-    if (err != cudaSuccess) return cuda_fail(fn, "cudaOccupancyMaxActiveBlocksPerMultiprocessor", err);
-    if (occ < 1) occ = 1;
-    if (d.device < kMaxDevices) s_occupancy[d.device].store(occ, std::memory_order_relaxed);
-  }
-  *occ_out = occ;
-  return TPC_SUCCESS;
-}
-
 /* Grid: one block per GPB head rows (not a persistent grid: same-call A/B on H200, GQA 8 / 8 kv heads, bf16,
  * graph, against the persistent grid-stride loop with 2 rows per group and its pipelined form: 8192 tokens
  * 75.66 -> 72.96 us, 1024 tokens 10.56 -> 10.40, 1 token 0.93 -> 0.92, head_dim 64 6.30 -> 6.01, 256 20.66 ->
@@ -705,8 +724,9 @@ tpc_status_t head_occupancy(const char* fn, const DevInfo& d, int* occ_out) {
 template <typename T, int VEC, int D>
 tpc_status_t launch_per_head_typed(const char* fn, HeadArgs a, const DevInfo& d, bool pdl, cudaStream_t stream) {
   constexpr int GPB = kHeadBlock / (D / 8);
+  static std::atomic<int> s_occupancy[kMaxDevices][33];
   int occ = 0;
-  TPC_CHECK((head_occupancy<T, VEC, D>(fn, d, &occ)));
+  TPC_CHECK(resident_blocks(fn, qk_per_head_kernel<T, VEC, D>, kHeadBlock, d, s_occupancy, &occ));
   a.prefetch_blocks = (uint32_t)d.sms * (uint32_t)occ;
   a.inv_d = 1.0f / (float)D;
   const int64_t grid = ((int64_t)a.total + GPB - 1) / GPB;
