@@ -6,7 +6,8 @@
  *   sems     uint32 [TPC_AR_MAX_BLOCKS][TPC_AR_MAX_RANKS]   two-shot semaphores, sems[b][src] written by src
  *   push     2 slots x (nranks-1) peers x push_slot_bytes    one-shot Lamport slots (all bytes 0xFF = empty)
  *   pull     pull_bytes                                        two-shot buffer
- *   norm     2 slots x nranks sources x norm_max_tokens x 8 B  fused TP QK-norm partial sums (0xFF = empty)
+ *   norm     2 slots x norm_max_tokens x nranks x 8 B          fused TP QK-norm partial sums (0xFF = empty;
+ *                                                              a slot is [token][source][value], tp_qknorm.cu)
  * Local (not shared) state, one cudaMalloc: per-block epochs and semaphore bases, and a failure flag.
  * The status word the host reads (timeouts) lives in mapped pinned host memory. */
 #ifndef TPCOMM_KERNELS_ALLREDUCE_H

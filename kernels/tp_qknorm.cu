@@ -3,10 +3,11 @@
  *
  * Fused kernel: a token belongs to a group of W warps; each lane holds J <= 8 of the row's 16-byte
  * vectors (q first, then k), so the whole row is in flight at once. Phase A, per token of the group: sum
- * the squares (fp32) and push {sum_q, sum_k} (8 bytes) into the token's entries of slot [epoch&1][my rank]
- * of every rank's norm region (mine included): one entry per warp (warp shuffles only, nothing waits for
- * the group) while tokens x W entries fit the region, else one per token (the W warp sums combined through
- * shared memory and a named barrier per group). Phase B, per token: every warp polls the n x V entries
+ * the squares (fp32) and push {sum_q, sum_k} (8 bytes) into slot [epoch&1] of every rank's norm region
+ * (mine included), at entry [token][my rank][V] (token-major, so that a poll's entry is token x n V + lane, no
+ * division): one entry per warp (V = W; warp shuffles only, nothing waits for the group) while tokens x W fit
+ * norm_max_tokens, else one per token (V = 1; the W warp sums combined through shared memory and a named barrier
+ * per group). Phase B, per token: every warp polls the n x V entries
  * itself (V = W or 1) until neither word is the empty pattern (all-ones; a sender rewrites an all-ones sum
  * to the canonical NaN) and sums them in a fixed order (per lane in index order, then one shuffle tree),
  * so every warp of every rank computes identical statistics; the group scales its vectors in place. The
@@ -18,7 +19,10 @@
  * from 4 tokens up, perf-log.md fifth round); NR = 0 reads the rank count at run time. When the grid has a
  * group for every token (the decode sizes) the ONE form runs: no loops over tokens, no next-row prefetch,
  * only the one row held (bf16, J = 2, two ranks: 80 -> 62 registers; 2 ranks sharing one H200 under MPS,
- * 1-128 tokens: -0.15 to -0.27 us, perf-log.md 2026-12-04; not yet measured on two GPUs).
+ * 1-128 tokens: -0.15 to -0.27 us, perf-log.md 2026-12-04; not yet measured on two GPUs). With PDL the ONE form
+ * also forms its row addresses before the wait and prefetches the row into L2 there (LaneRow): after the wait
+ * only the loads remain (same proxy with PDL forced on, 1-128 tokens: -0.3 to -0.5 us, 1 token 2.35 -> 1.87;
+ * perf-log.md 2026-12-04, third session; not yet measured on two GPUs).
  * Slot parity: one epoch per block entry; a block advances its own entry and the entries a smaller grid
  * lacks (b + k * grid), so all entries stay equal between calls whatever the grid; as in the one-shot
  * all-reduce (allreduce.cu) a peer is at most one call ahead, so two slots suffice.
@@ -204,6 +208,55 @@ __device__ __forceinline__ float2 group_load_row(const tpc_qk_problem_t& p, int6
   return make_float2(sq, sk);
 }
 
+/* ONE form: this lane's J vectors of its group's token (null past the row; q vectors first, then k, bit j of
+ * qmask set for a q vector) and their weights. Formed before the PDL wait and prefetched into L2 there: only a
+ * hint, and safe before the wait (L2 is where the previous grid's stores land; L1 is not filled); it also keeps
+ * the address work before the wait, since ptxas moves arithmetic across griddepcontrol.wait (an empty asm does
+ * not pin it) but not memory instructions. After the wait the row loads issue at once. */
+template <typename T, int J>
+struct LaneRow {
+  uint4* x[J];
+  const uint4* w[J];
+  uint32_t qmask;
+  __device__ __forceinline__ void form(const tpc_qk_problem_t& p, int64_t t, const Group& gr) {
+    const int nv = p.q_vecs + p.k_vecs;
+    qmask = 0;
+#pragma unroll
+    for (int j = 0; j < J; j++) {
+      const int i = gr.lane + j * gr.L;
+      const bool isq = i < p.q_vecs;
+      x[j] = i < nv ? row_vec<T>(p, t, i) : nullptr;
+      w[j] = i >= nv ? nullptr
+             : isq   ? reinterpret_cast<const uint4*>(p.q_weight) + i
+                     : reinterpret_cast<const uint4*>(p.k_weight) + (i - p.q_vecs);
+      qmask |= isq ? 1u << j : 0u;
+    }
+  }
+  /* the row's vectors only (the weights are loaded after the push, off the critical path), one lane in 8 (8
+   * consecutive vectors hold one 128-byte line's worth) */
+  __device__ __forceinline__ void prefetch(const Group& gr) const {
+#pragma unroll
+    for (int j = 0; j < J; j++)
+      if (x[j] && (gr.lane & 7) == 0) asm volatile("prefetch.global.L2 [%0];" ::"l"(x[j]));
+  }
+  __device__ __forceinline__ bool is_q(int j) const { return qmask >> j & 1u; }
+  /* loads the vectors into v and returns their {sum_q, sum_k} */
+  __device__ __forceinline__ float2 load(uint4 (&v)[J]) const {
+#pragma unroll
+    for (int j = 0; j < J; j++)
+      if (x[j]) v[j] = *x[j];
+    float sq = 0.f, sk = 0.f;
+#pragma unroll
+    for (int j = 0; j < J; j++)
+      if (x[j]) {
+        const float s = sum_squares<T>(v[j]);
+        if (is_q(j)) sq += s;
+        else sk += s;
+      }
+    return make_float2(sq, sk);
+  }
+};
+
 /* Sum over the group's lanes; the tree depends only on W, identical on every rank. part: [2][16] per
  * block, double-buffered by `buf` so that one barrier per token suffices. */
 __device__ __forceinline__ float2 group_sum(float a, float b, const Group& gr, float2 (*part)[16], int buf) {
@@ -217,17 +270,21 @@ __device__ __forceinline__ float2 group_sum(float a, float b, const Group& gr, f
 }
 
 /* ONE: every group has at most one token (the launcher's grid covers the tokens): no loops over tokens, no
- * next-row prefetch and no reload, so the kernel holds only the one row. */
+ * next-row prefetch and no reload, so the kernel holds only the one row. Its minimum of 1 block per SM lets
+ * ptxas use the registers it needs (without it, it stopped at 80 and spilled 16 bytes in the J = 5 kernel); the
+ * ONE kernels still use fewer than the looping ones (56-131 against 60-194), whose occupancy sizes the grid. */
 template <typename T, int J, int kMaxThreads, int NR, bool ONE>
-__global__ void __launch_bounds__(kMaxThreads) qk_fused_kernel(tpc_ar_args_t a, tpc_qk_problem_t p, int W) {
+__global__ void __launch_bounds__(kMaxThreads, ONE ? 1 : 0) qk_fused_kernel(tpc_ar_args_t a, tpc_qk_problem_t p, int W,
+                                                                             int pdl) {
   __shared__ float2 s_part[2][16]; /* warp sums: at most 16 warps a block */
   /* 512-thread blocks with J >= 5 (at most 128 registers a thread): weights re-read per token, first row
    * too, no prefetch */
   constexpr bool kLean = kMaxThreads > 256 && J >= 5;
-  const Group gr(W);
-  const int G = blockDim.x / gr.L;
+  Group gr(W);
+  int G = blockDim.x / gr.L;
+  int64_t first = (int64_t)blockIdx.x * G + gr.g;
+  asm volatile("" : "+r"(gr.g), "+r"(gr.lane), "+r"(gr.warp_in_group), "+r"(G), "+l"(first));
   const int64_t groups = (int64_t)gridDim.x * G;
-  const int64_t first = (int64_t)blockIdx.x * G + gr.g;
   const int n = NR ? NR : a.nranks, rank = a.rank, lane = threadIdx.x & 31;
   const size_t M = a.norm_max_tokens;
   /* Per-warp sums while tokens x W entries fit a rank's region (every warp pushes its own sum: nothing
@@ -237,32 +294,46 @@ __global__ void __launch_bounds__(kMaxThreads) qk_fused_kernel(tpc_ar_args_t a, 
   const int V = per_warp ? W : 1, nvals = n * V;
   /* addresses that depend only on the launch are formed before the wait for the previous kernel */
   char* mine_base = (char*)a.norm[rank];
-  char* push_dst = (char*)a.norm[lane < n ? lane : 0] + (size_t)rank * M * 8; /* lane p -> rank p */
+  char* push_dst = (char*)a.norm[lane < n ? lane : 0] + (size_t)rank * V * 8; /* lane p -> rank p */
   uint32_t* epoch_ptr = &a.local->norm_epoch[blockIdx.x];
   asm volatile("" : "+l"(mine_base), "+l"(push_dst), "+l"(epoch_ptr));
+  /* entry offsets within a slot (token-major: token t's n x V values are entries t n V ... t n V + n V - 1, value k
+   * = source rank k / V, its warp k % V): token t's push (this warp's entry, or the token's; push_dst adds the
+   * source rank), and value k of its poll */
+  auto push_off = [&](int64_t t) { return ((size_t)t * nvals + (per_warp ? gr.warp_in_group : 0)) * 8; };
+  auto poll_off = [&](int64_t t, int k) { return ((size_t)t * nvals + (size_t)k) * 8; };
+  /* ONE: the row, weight and entry addresses of the group's token too (the poll's first value, k = lane) */
+  LaneRow<T, J> row;
+  size_t one_push = 0, one_poll = 0;
+  if constexpr (ONE) {
+    row.form(p, first < p.tokens ? first : 0, gr);
+    if (pdl && first < p.tokens) row.prefetch(gr); /* without PDL nothing overlaps: the prefetch would only delay */
+    one_push = push_off(first);
+    one_poll = lane < nvals ? poll_off(first, lane) : 0;
+  }
   pdl_wait();
   pdl_trigger();
   const uint32_t epoch = *epoch_ptr;
-  const size_t slot = (size_t)(epoch & 1u) * n * M * 8;
+  const size_t slot = (size_t)(epoch & 1u) * n * M * 8; /* slot bytes: M x n entries (tokens x V <= M) */
 
   /* phase A: partial sums of this group's tokens, pushed to every rank (mine included); the first row
    * stays in registers, the next row is loaded while this one is reduced */
   uint4 keep[J];
   float2 part = make_float2(0.f, 0.f);
-  if (first < p.tokens) part = group_load_row<T, J>(p, first, gr, keep);
+  if (first < p.tokens) part = ONE ? row.load(keep) : group_load_row<T, J>(p, first, gr, keep);
   int buf = 0;
-  auto push_sums = [&](int64_t t, float2 v) {
+  auto push_sums = [&](size_t off, float2 v) {
     if (per_warp) {
       const float2 s = warp_sum2(v);
-      if (lane < n) st_volatile_v2(push_dst + slot + ((size_t)t * W + gr.warp_in_group) * 8, sanitize2(s));
+      if (lane < n) st_volatile_v2(push_dst + slot + off, sanitize2(s));
     } else {
       const float2 s = group_sum(v.x, v.y, gr, s_part, buf);
       buf ^= 1;
-      if (gr.lane < n) st_volatile_v2(push_dst + slot + (size_t)t * 8, sanitize2(s));
+      if (gr.lane < n) st_volatile_v2(push_dst + slot + off, sanitize2(s));
     }
   };
   if constexpr (ONE) {
-    if (first < p.tokens) push_sums(first, part);
+    if (first < p.tokens) push_sums(one_push, part);
   } else {
     for (int64_t t = first; t < p.tokens; t += groups) {
       float2 next_part = make_float2(0.f, 0.f);
@@ -273,7 +344,7 @@ __global__ void __launch_bounds__(kMaxThreads) qk_fused_kernel(tpc_ar_args_t a, 
         uint4 x[J];
         part = group_load_row<T, J>(p, t, gr, x);
       }
-      push_sums(t, part);
+      push_sums(push_off(t), part);
       part = next_part;
     }
   }
@@ -284,7 +355,11 @@ __global__ void __launch_bounds__(kMaxThreads) qk_fused_kernel(tpc_ar_args_t a, 
    * statistics. The slots are re-armed after the block's last barrier, when no warp reads them any more. */
   const int nv = p.q_vecs + p.k_vecs;
   uint4 wv[kLean ? 1 : J];
-  if constexpr (!kLean) {
+  if constexpr (ONE) {
+#pragma unroll
+    for (int j = 0; j < J; j++)
+      if (row.x[j]) wv[j] = *row.w[j];
+  } else if constexpr (!kLean) {
 #pragma unroll
     for (int j = 0; j < J; j++) {
       const int i = gr.lane + j * gr.L;
@@ -298,11 +373,10 @@ __global__ void __launch_bounds__(kMaxThreads) qk_fused_kernel(tpc_ar_args_t a, 
     float2 total = make_float2(0.f, 0.f);
     bool fail = false;
     for (int k = lane; k < nvals && !fail; k += 32) {
-      const int src_rank = k / V;
-      const char* src = mine + ((size_t)src_rank * M + (size_t)t * V + (size_t)(k - src_rank * V)) * 8;
+      const char* src = mine + (ONE && k == lane ? one_poll : poll_off(t, k));
       uint2 v = ld_volatile_v2(src);
       while (v.x == kEmpty || v.y == kEmpty) {
-        if (wt.give_up(src_rank, 3)) {
+        if (wt.give_up(k / V, 3)) {
           fail = true;
           break;
         }
@@ -313,14 +387,20 @@ __global__ void __launch_bounds__(kMaxThreads) qk_fused_kernel(tpc_ar_args_t a, 
     }
     if (__any_sync(0xffffffffu, fail)) return false;
     const float2 sc = scales_of(p, warp_sum2(total));
+    if constexpr (ONE) {
 #pragma unroll
-    for (int j = 0; j < J; j++) {
-      const int i = gr.lane + j * gr.L;
-      if (i < nv) {
-        uint4 w;
-        if constexpr (kLean) w = weight_vec<T>(p, i);
-        else w = wv[j];
-        *row_vec<T>(p, t, i) = scale_vec<T>(x[j], w, i < p.q_vecs ? sc.x : sc.y);
+      for (int j = 0; j < J; j++)
+        if (row.x[j]) *row.x[j] = scale_vec<T>(x[j], wv[j], row.is_q(j) ? sc.x : sc.y);
+    } else {
+#pragma unroll
+      for (int j = 0; j < J; j++) {
+        const int i = gr.lane + j * gr.L;
+        if (i < nv) {
+          uint4 w;
+          if constexpr (kLean) w = weight_vec<T>(p, i);
+          else w = wv[j];
+          *row_vec<T>(p, t, i) = scale_vec<T>(x[j], w, i < p.q_vecs ? sc.x : sc.y);
+        }
       }
     }
     return true;
@@ -346,11 +426,7 @@ __global__ void __launch_bounds__(kMaxThreads) qk_fused_kernel(tpc_ar_args_t a, 
   /* ONE: at most one pass (groups >= tokens); the explicit bound tells the compiler so (with the plain bound the
    * J = 5 ONE kernels spill 4 bytes) */
   for (int64_t t = first; t < (ONE && first < p.tokens ? first + 1 : p.tokens); t += groups)
-    for (int k = gr.lane; k < nvals; k += gr.L) {
-      const int src_rank = k / V;
-      st_volatile_v2(mine + ((size_t)src_rank * M + (size_t)t * V + (size_t)(k - src_rank * V)) * 8,
-                     make_uint2(kEmpty, kEmpty));
-    }
+    for (int k = gr.lane; k < nvals; k += gr.L) st_volatile_v2(mine + poll_off(t, k), make_uint2(kEmpty, kEmpty));
   for (int i = blockIdx.x + threadIdx.x * gridDim.x; i < TPC_QK_MAX_BLOCKS; i += blockDim.x * gridDim.x)
     a.local->norm_epoch[i] = epoch + 1;
 }
@@ -443,7 +519,7 @@ cudaError_t launch_fused_j(const tpc_ar_args_t* a, const tpc_qk_problem_t* p, in
     kernel = two ? qk_fused_kernel<T, J, 256, 2, true> : qk_fused_kernel<T, J, 256, 0, true>;
   cudaLaunchAttribute attr[1];
   cudaLaunchConfig_t cfg = config((int)blocks, threads, pdl, stream, attr);
-  return cudaLaunchKernelEx(&cfg, kernel, *a, *p, W);
+  return cudaLaunchKernelEx(&cfg, kernel, *a, *p, W, pdl);
 }
 
 template <typename T>
