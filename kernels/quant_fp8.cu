@@ -10,7 +10,8 @@
  * NaN, 0x7F or 0xFF as the hardware gives it). No fast-math: the divisions are IEEE.
  *
  * Kernels (all read their row from global memory once, except TWO_PASS; all use PDL: griddepcontrol.wait
- * before the first global access, launch_dependents right after, as allreduce.cu):
+ * before the first global load, launch_dependents right after, as allreduce.cu; WARP and BLOCK blocks of the
+ * first wave form their first row's addresses and prefetch it into L2 before the wait, first_wave()):
  *   WARP   quant_warp_kernel<T, VPT>: 256 threads, a warp per row (grid-stride over rows), lane l holds
  *          16-byte vectors l, l+32, ... (VPT of them, up to 16 = hidden 4096) in registers; the absmax is
  *          reduced with shuffles only (no shared memory at all).
@@ -49,6 +50,7 @@
 #include <float.h>
 #include <stdint.h>
 
+#include <atomic>
 #include <mutex>
 #include <type_traits>
 
@@ -82,6 +84,8 @@ struct QuantArgs {
   float* scales;     /* rows (per-token only) */
   int64_t rows, hidden, nvec, x_stride, q_stride;
   int64_t nfull; /* vectors loaded and stored whole: hidden / 8 when aligned (see make_args), else 0 */
+  int64_t prefetch_blocks; /* WARP and BLOCK: blocks below this (the first wave, with PDL) prefetch their first
+                              row before the wait; 0: none */
 };
 
 /* ---- PDL ------------------------------------------------------------------------------------------------- */
@@ -166,6 +170,21 @@ __device__ __forceinline__ void load_row(uint4 (&r)[N], const uint16_t* x, int64
       if (v >= a.nfull && v < a.nvec)
         r[i] = INLINE_TAIL ? load_vec_slow_inline(x, v, a.hidden) : load_vec_slow(x, v, a.hidden);
     }
+  }
+}
+
+/* The vectors load_row will read (the same v0, step, N) pulled into L2, one thread in 8 (step is a multiple of
+ * 8, so a thread's vectors all sit at the same place in their 128-byte lines). Used before griddepcontrol.wait
+ * with PDL: only a hint, and safe there (L2 is where the previous grid's stores land; L1 is not filled); it
+ * also keeps the row's address work before the wait, which ptxas otherwise schedules after it (it moves
+ * arithmetic across the wait, not memory instructions). */
+template <int N>
+__device__ __forceinline__ void prefetch_row(const uint16_t* x, int64_t v0, int64_t step, const QuantArgs& a) {
+  if ((v0 & 7) != 0) return;
+#pragma unroll
+  for (int i = 0; i < N; i++) {
+    const int64_t v = v0 + step * i;
+    if (v < a.nvec) asm volatile("prefetch.global.L2 [%0];" ::"l"(x + v * kVecElems));
   }
 }
 
@@ -285,11 +304,12 @@ __device__ __forceinline__ float block_max(float m, float* s_red) {
 /* ---- WARP: a warp per row, the row in registers ------------------------------------------------------------- */
 template <typename T, int VPT>
 __global__ void __launch_bounds__(kWarpThreads, 2) quant_warp_kernel(QuantArgs a) {
-  pdl_wait();
-  pdl_trigger();
   const int lane = threadIdx.x & 31;
   const int64_t first = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
   const int64_t step = ((int64_t)gridDim.x * blockDim.x) >> 5;
+  if (blockIdx.x < a.prefetch_blocks && first < a.rows) prefetch_row<VPT>(a.x + first * a.x_stride, lane, 32, a);
+  pdl_wait();
+  pdl_trigger();
   for (int64_t row = first; row < a.rows; row += step) { /* uniform per warp */
     uint4 r[VPT];
     load_row(r, a.x + row * a.x_stride, lane, 32, a);
@@ -313,6 +333,8 @@ __global__ void __launch_bounds__(kWarpThreads, 2) quant_warp_kernel(QuantArgs a
 template <typename T, int VPT>
 __global__ void __launch_bounds__(kBlockMaxThreads) quant_block_kernel(QuantArgs a) {
   __shared__ float s_red[32];
+  if (blockIdx.x < a.prefetch_blocks && blockIdx.x < a.rows)
+    prefetch_row<VPT>(a.x + blockIdx.x * a.x_stride, threadIdx.x, blockDim.x, a);
   pdl_wait();
   pdl_trigger();
   for (int64_t row = blockIdx.x; row < a.rows; row += gridDim.x) {
@@ -398,7 +420,7 @@ __global__ void __launch_bounds__(kStaticThreads) quant_static_kernel(QuantArgs 
 
 constexpr int kMaxDevices = 64;
 struct DevInfo {
-  int ready;
+  int ready, device;
   int sms, cc_major;
   int smem_optin;     /* cudaDevAttrMaxSharedMemoryPerBlockOptin */
   int smem_set[2];    /* cudaFuncSetAttribute done for quant_row_block_kernel<bf16|fp16, true> */
@@ -433,6 +455,7 @@ tpc_status_t device_info(const char* fn, DevInfo* out, int* device) {
       (void)cudaGetLastError();
       return tpc_error(NULL, TPC_ERR_CUDA, "%s: cudaDeviceGetAttribute on device %d failed: %s", fn, dev, cudaGetErrorString(err));
     }
+    d->device = dev;
     d->sms = sms > 0 ? sms : 1;
     d->cc_major = major;
     d->smem_optin = smem;
@@ -478,13 +501,35 @@ unsigned grid_of(int64_t work, const DevInfo& d, int per_sm) {
   return (unsigned)(work < 1 ? 1 : (work > cap ? cap : work));
 }
 
+/* With PDL, the blocks of the first wave (SMs x the blocks one SM holds of `kernel` at `threads`, queried once per
+ * device and block size): they prefetch their first row before the wait. Later blocks start after the wait and
+ * would only add traffic (65536 x 4096: 185.1 -> 189.1 us when every block prefetched; 16 x 4096 1.32 -> 1.18 and
+ * 1024 x 1368 2.88 -> 2.17 with the prefetch, perf-log.md 2026-12-04). 0 (no prefetch) if the query fails: a hint. */
+template <typename Kernel>
+int64_t first_wave(Kernel kernel, int threads, const DevInfo& d, int pdl, std::atomic<int> (&cache)[kMaxDevices][17]) {
+  if (!pdl) return 0;
+  const int slot = threads / 32;
+  int occ = slot <= 16 ? cache[d.device][slot].load(std::memory_order_relaxed) : 0;
+  if (occ <= 0) {
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, kernel, threads, 0) != cudaSuccess) {
+      (void)cudaGetLastError();
+      return 0;
+    }
+    if (slot <= 16) cache[d.device][slot].store(occ, std::memory_order_relaxed);
+  }
+  return (int64_t)d.sms * occ;
+}
+
 template <typename T, int VPT>
 cudaError_t launch_warp(const DevInfo& d, const QuantArgs& a, int pdl, cudaStream_t stream) {
   cudaLaunchAttribute attr[1];
   const int64_t rows_per_block = kWarpThreads / 32;
   const dim3 grid(grid_of((a.rows + rows_per_block - 1) / rows_per_block, d, kWarpBlocksPerSm));
   const cudaLaunchConfig_t cfg = tpc::pdl_launch_config(grid, dim3(kWarpThreads), 0, stream, pdl, attr);
-  return cudaLaunchKernelEx(&cfg, quant_warp_kernel<T, VPT>, a);
+  static std::atomic<int> s_occupancy[kMaxDevices][17];
+  QuantArgs args = a;
+  args.prefetch_blocks = first_wave(quant_warp_kernel<T, VPT>, kWarpThreads, d, pdl, s_occupancy);
+  return cudaLaunchKernelEx(&cfg, quant_warp_kernel<T, VPT>, args);
 }
 
 template <typename T, int VPT>
@@ -492,7 +537,10 @@ cudaError_t launch_block(const DevInfo& d, const QuantArgs& a, int threads, int 
   cudaLaunchAttribute attr[1];
   const dim3 grid(grid_of(a.rows, d, 2 * 2048 / threads));
   const cudaLaunchConfig_t cfg = tpc::pdl_launch_config(grid, dim3((unsigned)threads), 0, stream, pdl, attr);
-  return cudaLaunchKernelEx(&cfg, quant_block_kernel<T, VPT>, a);
+  static std::atomic<int> s_occupancy[kMaxDevices][17];
+  QuantArgs args = a;
+  args.prefetch_blocks = first_wave(quant_block_kernel<T, VPT>, threads, d, pdl, s_occupancy);
+  return cudaLaunchKernelEx(&cfg, quant_block_kernel<T, VPT>, args);
 }
 
 /* Vectors per thread of the BLOCK path: the fewest that fit in kBlockMaxThreads threads (most threads per
@@ -616,6 +664,7 @@ QuantArgs make_args(void* q, float* scales, const void* x, int64_t rows, int64_t
   a.q_stride = q_stride;
   const int vec = (uintptr_t)x % 16 == 0 && x_stride % 8 == 0 && (uintptr_t)q % 8 == 0 && q_stride % 8 == 0;
   a.nfull = vec ? hidden / kVecElems : 0;
+  a.prefetch_blocks = 0;
   return a;
 }
 
