@@ -502,9 +502,10 @@ unsigned grid_of(int64_t work, const DevInfo& d, int per_sm) {
 }
 
 /* With PDL, the blocks of the first wave (SMs x the blocks one SM holds of `kernel` at `threads`, queried once per
- * device and block size): they prefetch their first row before the wait. Later blocks start after the wait and
- * would only add traffic (65536 x 4096: 185.1 -> 189.1 us when every block prefetched; 16 x 4096 1.32 -> 1.18 and
- * 1024 x 1368 2.88 -> 2.17 with the prefetch, perf-log.md 2026-12-04). 0 (no prefetch) if the query fails: a hint. */
+ * device and block size): they prefetch their first row before the wait (graph, H200: 16 x 4096 1.30 -> 1.15 us,
+ * 1024 x 1368 2.86 -> 2.13, 4096 x 4096 13.50 -> 12.85, 65536 x 4096 185.8 -> 185.2; perf-log.md 2026-12-04). Later
+ * blocks start after the wait and would only add traffic (65536 x 4096 185.1 -> 189.1 us when every block
+ * prefetched). 0 (no prefetch) if the query fails: it is only a hint. */
 template <typename Kernel>
 int64_t first_wave(Kernel kernel, int threads, const DevInfo& d, int pdl, std::atomic<int> (&cache)[kMaxDevices][17]) {
   if (!pdl) return 0;

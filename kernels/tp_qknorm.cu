@@ -209,10 +209,11 @@ __device__ __forceinline__ float2 group_load_row(const tpc_qk_problem_t& p, int6
 }
 
 /* ONE form: this lane's J vectors of its group's token (null past the row; q vectors first, then k, bit j of
- * qmask set for a q vector) and their weights. Formed before the PDL wait and prefetched into L2 there: only a
- * hint, and safe before the wait (L2 is where the previous grid's stores land; L1 is not filled); it also keeps
- * the address work before the wait, since ptxas moves arithmetic across griddepcontrol.wait (an empty asm does
- * not pin it) but not memory instructions. After the wait the row loads issue at once. */
+ * qmask set for a q vector) and their weights. Formed before the PDL wait, with the row's vectors prefetched
+ * into L2 there (with PDL): only a hint, and safe before the wait (L2 is where the previous grid's stores land;
+ * L1 is not filled); it also keeps the row's address work before the wait, since ptxas moves arithmetic across
+ * griddepcontrol.wait (an empty asm does not pin it) but not memory instructions. After the wait the row loads
+ * issue at once. */
 template <typename T, int J>
 struct LaneRow {
   uint4* x[J];
@@ -292,7 +293,9 @@ __global__ void __launch_bounds__(kMaxThreads, ONE ? 1 : 0) qk_fused_kernel(tpc_
    * V = values per rank and token. */
   const bool per_warp = p.tokens * W <= (int64_t)M;
   const int V = per_warp ? W : 1, nvals = n * V;
-  /* addresses that depend only on the launch are formed before the wait for the previous kernel */
+  /* addresses that depend only on the launch, written before the wait for the previous kernel (the empty asm keeps
+   * them there in the PTX; ptxas may still schedule them after it unless a memory instruction before the wait
+   * uses them, as LaneRow's prefetch does) */
   char* mine_base = (char*)a.norm[rank];
   char* push_dst = (char*)a.norm[lane < n ? lane : 0] + (size_t)rank * V * 8; /* lane p -> rank p */
   uint32_t* epoch_ptr = &a.local->norm_epoch[blockIdx.x];
