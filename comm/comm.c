@@ -204,6 +204,7 @@ static tpc_status_t choose_transport(struct tpc_comm* c, tpc_bootstrap_t* bs) {
     if (blocks < 1) blocks = 1;
     c->arena->args.blocks = blocks;
     c->arena->args.sm_count = c->sm_count;
+    c->arena->args.device = c->device;
   }
 out:
   free(row);

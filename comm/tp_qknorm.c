@@ -152,7 +152,8 @@ tpc_status_t tpc_tp_qk_rmsnorm_path(tpc_comm_t comm, void* q, void* k, const voi
   if (st == TPC_SUCCESS) {
     const tpc_qk_problem_t p = {q, k, q_weight, k_weight, num_tokens, (int)(q_dim_local / 8), (int)(k_dim_local / 8),
                                 q_stride, k_stride, eps, (float)(q_dim_local * comm->nranks),
-                                (float)(k_dim_local * comm->nranks), dtype == TPC_BFLOAT16 ? 0 : 1};
+                                (float)(k_dim_local * comm->nranks), dtype == TPC_BFLOAT16 ? 0 : 1,
+                                comm->device, comm->sm_count};
     const int pdl = comm->pdl;
     if (path == TPC_QKNORM_FUSED) st = run_fused(comm, &p, &cap, stream, pdl);
     else st = run_unfused(comm, p, path == TPC_QKNORM_UNFUSED_NCCL ? TPC_ALGO_NCCL : TPC_ALGO_AUTO, &cap, stream, pdl);

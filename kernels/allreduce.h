@@ -63,6 +63,7 @@ typedef struct {
   int blocks;      /* fixed grid (epochs are per block) */
   int max_threads; /* threads per block at most */
   int sm_count;    /* SMs of this rank's GPU */
+  int device;      /* this rank's CUDA device (current during every launch) */
 } tpc_ar_args_t;
 
 /* algo: 1 = one-shot push, 2 = two-shot pull. dtype: 0 bf16, 1 fp16, 2 fp32. Returns the launch error. */

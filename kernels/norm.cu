@@ -67,8 +67,8 @@
 extern "C" {        /* the library's internal C headers (no guards of their own); system headers come first */
 #include "checks.h" /* TPC_CHECK, and debug.h: tpc_error */
 #include "param.h"  /* tpc_param_resolve(TPC_P_PDL) */
-#include "pdl.cuh"
 }
+#include "pdl.cuh"
 
 namespace {
 
@@ -478,21 +478,11 @@ tpc_status_t launch(const char* fn, Kernel kernel, int64_t grid, int block, bool
   return TPC_SUCCESS;
 }
 
-/* Resident blocks per SM of `kernel` at `block` threads on device d: the first wave is sms x this. Queried once per
- * kernel (each caller's template keeps its own `cache`), device and block size (a multiple of 32 up to 1024). */
-template <typename Kernel>
-tpc_status_t resident_blocks(const char* fn, Kernel kernel, int block, const DevInfo& d,
-                             std::atomic<int> (&cache)[kMaxDevices][33], int* occ_out) {
-  const int slot = block / 32;
-  const bool cached = d.device >= 0 && d.device < kMaxDevices && slot <= 32;
-  int occ = cached ? cache[d.device][slot].load(std::memory_order_relaxed) : 0;
-  if (occ <= 0) {
-    const cudaError_t err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, kernel, block, 0);
-    if (err != cudaSuccess) return cuda_fail(fn, "cudaOccupancyMaxActiveBlocksPerMultiprocessor", err);
-    if (occ < 1) occ = 1;
-    if (cached) cache[d.device][slot].store(occ, std::memory_order_relaxed);
-  }
-  *occ_out = occ;
+/* Resident blocks per SM of Kernel at `block` threads on device d: the first wave is sms x this. */
+template <auto Kernel>
+tpc_status_t resident_blocks(const char* fn, int block, const DevInfo& d, int* occ) {
+  const cudaError_t err = tpc::resident_blocks_per_sm<Kernel>(d.device, block, occ);
+  if (err != cudaSuccess) return cuda_fail(fn, "cudaOccupancyMaxActiveBlocksPerMultiprocessor", err);
   return TPC_SUCCESS;
 }
 
@@ -669,12 +659,11 @@ RowSeg row_seg(const void* in, void* out, void* res, const void* w, int64_t rows
  * (measured slower with it). */
 template <typename T, int VEC, int ITEMS, bool FUSED>
 tpc_status_t launch_rows_kernel(const char* fn, RowArgs a, int block, const DevInfo& d, bool pdl, cudaStream_t stream) {
-  static std::atomic<int> s_occupancy[kMaxDevices][33];
   const auto kernel = norm_rows_kernel<T, VEC, ITEMS, FUSED>;
   a.prefetch_blocks = 0;
   if (!FUSED && VEC == 8) {
     int occ = 0;
-    TPC_CHECK(resident_blocks(fn, kernel, block, d, s_occupancy, &occ));
+    TPC_CHECK((resident_blocks<norm_rows_kernel<T, VEC, ITEMS, FUSED>>(fn, block, d, &occ)));
     a.prefetch_blocks = (int64_t)d.sms * occ;
   }
   const int64_t grid = a.total_blocks < 0x7fffffffLL ? a.total_blocks : 0x7fffffffLL;
@@ -724,9 +713,8 @@ tpc_status_t launch_rows(const char* fn, RowArgs* a, int nseg, bool fused, bool 
 template <typename T, int VEC, int D>
 tpc_status_t launch_per_head_typed(const char* fn, HeadArgs a, const DevInfo& d, bool pdl, cudaStream_t stream) {
   constexpr int GPB = kHeadBlock / (D / 8);
-  static std::atomic<int> s_occupancy[kMaxDevices][33];
   int occ = 0;
-  TPC_CHECK(resident_blocks(fn, qk_per_head_kernel<T, VEC, D>, kHeadBlock, d, s_occupancy, &occ));
+  TPC_CHECK((resident_blocks<qk_per_head_kernel<T, VEC, D>>(fn, kHeadBlock, d, &occ)));
   a.prefetch_blocks = (uint32_t)d.sms * (uint32_t)occ;
   a.inv_d = 1.0f / (float)D;
   const int64_t grid = ((int64_t)a.total + GPB - 1) / GPB;

@@ -1,11 +1,14 @@
 /* pdl.cuh — programmatic dependent launch (sm_90+) for every kernel of tpcomm. In the kernel: pdl_wait()
  * before the first read of anything the previous kernel may still be writing, pdl_trigger() once the next
  * kernel may be scheduled (no-ops on older architectures). On the host: pdl_launch_config(), the
- * cudaLaunchKernelEx configuration that allows it. */
+ * cudaLaunchKernelEx configuration that allows it, and resident_blocks_per_sm(), the occupancy that sizes the
+ * first wave of blocks (the ones that may prefetch before the wait) or a grid that must be resident at once. */
 #ifndef TPCOMM_KERNELS_PDL_CUH
 #define TPCOMM_KERNELS_PDL_CUH
 
 #include <cuda_runtime_api.h>
+
+#include <atomic>
 
 namespace tpc {
 
@@ -34,6 +37,26 @@ inline cudaLaunchConfig_t pdl_launch_config(dim3 grid, dim3 block, size_t smem, 
   cfg.attrs = attr;
   cfg.numAttrs = pdl ? 1 : 0;
   return cfg;
+}
+
+/* Blocks of Kernel that one SM of the current device (`device`, the caller's cudaGetDevice) holds at `threads` threads
+ * and no dynamic shared memory, at least 1. Queried once per kernel, device and block size (a multiple of 32 up to
+ * 1024: one cache per Kernel, here), then read from the cache; on failure returns the query's error (not cleared). */
+constexpr int kOccupancyDevices = 64;
+template <auto Kernel>
+cudaError_t resident_blocks_per_sm(int device, int threads, int* blocks) {
+  static std::atomic<int> s_cache[kOccupancyDevices][33];
+  const int slot = threads / 32;
+  const bool cached = device >= 0 && device < kOccupancyDevices && threads % 32 == 0 && slot <= 32;
+  int occ = cached ? s_cache[device][slot].load(std::memory_order_relaxed) : 0;
+  if (occ <= 0) {
+    const cudaError_t err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, Kernel, threads, 0);
+    if (err != cudaSuccess) return err;
+    if (occ < 1) occ = 1;
+    if (cached) s_cache[device][slot].store(occ, std::memory_order_relaxed);
+  }
+  *blocks = occ;
+  return cudaSuccess;
 }
 
 }  // namespace tpc

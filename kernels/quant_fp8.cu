@@ -429,7 +429,7 @@ std::mutex g_lock;
 DevInfo g_dev[kMaxDevices];
 int g_pdl = -1; /* TPCOMM_PDL, resolved once */
 
-tpc_status_t device_info(const char* fn, DevInfo* out, int* device) {
+tpc_status_t device_info(const char* fn, DevInfo* out) {
   int dev = 0;
   cudaError_t err = cudaGetDevice(&dev);
   if (err != cudaSuccess) {
@@ -462,7 +462,6 @@ tpc_status_t device_info(const char* fn, DevInfo* out, int* device) {
     d->ready = 1;
   }
   *out = *d;
-  *device = dev;
   return TPC_SUCCESS;
 }
 
@@ -506,17 +505,13 @@ unsigned grid_of(int64_t work, const DevInfo& d, int per_sm) {
  * 1024 x 1368 2.86 -> 2.13, 4096 x 4096 13.50 -> 12.85, 65536 x 4096 185.8 -> 185.2; perf-log.md 2026-12-04). Later
  * blocks start after the wait and would only add traffic (65536 x 4096 185.1 -> 189.1 us when every block
  * prefetched). 0 (no prefetch) if the query fails: it is only a hint. */
-template <typename Kernel>
-int64_t first_wave(Kernel kernel, int threads, const DevInfo& d, int pdl, std::atomic<int> (&cache)[kMaxDevices][17]) {
+template <auto Kernel>
+int64_t first_wave(int threads, const DevInfo& d, int pdl) {
+  int occ = 0;
   if (!pdl) return 0;
-  const int slot = threads / 32;
-  int occ = slot <= 16 ? cache[d.device][slot].load(std::memory_order_relaxed) : 0;
-  if (occ <= 0) {
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, kernel, threads, 0) != cudaSuccess) {
-      (void)cudaGetLastError();
-      return 0;
-    }
-    if (slot <= 16) cache[d.device][slot].store(occ, std::memory_order_relaxed);
+  if (tpc::resident_blocks_per_sm<Kernel>(d.device, threads, &occ) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return 0;
   }
   return (int64_t)d.sms * occ;
 }
@@ -527,9 +522,8 @@ cudaError_t launch_warp(const DevInfo& d, const QuantArgs& a, int pdl, cudaStrea
   const int64_t rows_per_block = kWarpThreads / 32;
   const dim3 grid(grid_of((a.rows + rows_per_block - 1) / rows_per_block, d, kWarpBlocksPerSm));
   const cudaLaunchConfig_t cfg = tpc::pdl_launch_config(grid, dim3(kWarpThreads), 0, stream, pdl, attr);
-  static std::atomic<int> s_occupancy[kMaxDevices][17];
   QuantArgs args = a;
-  args.prefetch_blocks = first_wave(quant_warp_kernel<T, VPT>, kWarpThreads, d, pdl, s_occupancy);
+  args.prefetch_blocks = first_wave<quant_warp_kernel<T, VPT>>(kWarpThreads, d, pdl);
   return cudaLaunchKernelEx(&cfg, quant_warp_kernel<T, VPT>, args);
 }
 
@@ -538,9 +532,8 @@ cudaError_t launch_block(const DevInfo& d, const QuantArgs& a, int threads, int 
   cudaLaunchAttribute attr[1];
   const dim3 grid(grid_of(a.rows, d, 2 * 2048 / threads));
   const cudaLaunchConfig_t cfg = tpc::pdl_launch_config(grid, dim3((unsigned)threads), 0, stream, pdl, attr);
-  static std::atomic<int> s_occupancy[kMaxDevices][17];
   QuantArgs args = a;
-  args.prefetch_blocks = first_wave(quant_block_kernel<T, VPT>, threads, d, pdl, s_occupancy);
+  args.prefetch_blocks = first_wave<quant_block_kernel<T, VPT>>(threads, d, pdl);
   return cudaLaunchKernelEx(&cfg, quant_block_kernel<T, VPT>, args);
 }
 
@@ -556,7 +549,7 @@ int block_vpt(const DevInfo& d, int64_t rows, int64_t nvec) {
 }
 
 template <typename T>
-cudaError_t launch_per_token(const DevInfo& d, int dev, tpc_quant_path_t path, const QuantArgs& a, int pdl,
+cudaError_t launch_per_token(const DevInfo& d, tpc_quant_path_t path, const QuantArgs& a, int pdl,
                              cudaStream_t stream) {
   switch (path) {
     case TPC_QUANT_PATH_WARP: {
@@ -582,11 +575,11 @@ cudaError_t launch_per_token(const DevInfo& d, int dev, tpc_quant_path_t path, c
       const int64_t max_bytes = smem_max_vec(d) * 16;
       {
         std::lock_guard<std::mutex> guard(g_lock);
-        if (!g_dev[dev].smem_set[idx]) {
+        if (!g_dev[d.device].smem_set[idx]) {
           cudaError_t err = cudaFuncSetAttribute(quant_row_block_kernel<T, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                                  (int)max_bytes);
           if (err != cudaSuccess) return err;
-          g_dev[dev].smem_set[idx] = 1;
+          g_dev[d.device].smem_set[idx] = 1;
         }
       }
       const int threads = a.nvec >= kBigThreads ? kBigThreads : (int)((a.nvec + 31) / 32 * 32);
@@ -696,8 +689,7 @@ extern "C" tpc_status_t tpc_quant_fp8_per_token_path(int64_t rows, int64_t hidde
   if (st == TPC_SUCCESS) st = check_shape(fn, rows, hidden);
   if (st != TPC_SUCCESS) return st;
   DevInfo d;
-  int dev = 0;
-  st = device_info(fn, &d, &dev);
+  st = device_info(fn, &d);
   if (st != TPC_SUCCESS) return st;
   *path = choose_path(d, rows, (hidden + kVecElems - 1) / kVecElems);
   return TPC_SUCCESS;
@@ -713,8 +705,7 @@ extern "C" tpc_status_t tpc_quant_fp8_per_token_ex(void* q_out, float* scales, c
   tpc_status_t st = check_args(fn, q_out, scales, 1, x, rows, hidden, x_stride, q_stride, dtype);
   if (st != TPC_SUCCESS || rows == 0) return st;
   DevInfo d;
-  int dev = 0;
-  st = device_info(fn, &d, &dev);
+  st = device_info(fn, &d);
   if (st != TPC_SUCCESS) return st;
   const QuantArgs a = make_args(q_out, scales, x, rows, hidden, x_stride, q_stride);
   if (path == TPC_QUANT_PATH_AUTO) path = choose_path(d, rows, a.nvec);
@@ -723,8 +714,8 @@ extern "C" tpc_status_t tpc_quant_fp8_per_token_ex(void* q_out, float* scales, c
     return tpc_error(NULL, TPC_ERR_UNSUPPORTED, "%s: path %s cannot serve hidden=%lld: %s", fn, tpc_quant_path_name(path),
                      (long long)hidden, why);
   const int pdl = g_pdl && d.cc_major >= 9;
-  const cudaError_t err = dtype == TPC_BFLOAT16 ? launch_per_token<__nv_bfloat16>(d, dev, path, a, pdl, stream)
-                                                : launch_per_token<__half>(d, dev, path, a, pdl, stream);
+  const cudaError_t err = dtype == TPC_BFLOAT16 ? launch_per_token<__nv_bfloat16>(d, path, a, pdl, stream)
+                                                : launch_per_token<__half>(d, path, a, pdl, stream);
   return launch_status(fn, err, tpc_quant_path_name(path));
 }
 
@@ -746,8 +737,7 @@ extern "C" tpc_status_t tpc_quant_fp8_static(void* q_out, const void* x, const f
     return tpc_error(NULL, TPC_ERR_INVALID_ARGUMENT, "%s: scale=%p is not 4-byte aligned", fn, (const void*)scale);
   if (rows == 0) return TPC_SUCCESS;
   DevInfo d;
-  int dev = 0;
-  st = device_info(fn, &d, &dev);
+  st = device_info(fn, &d);
   if (st != TPC_SUCCESS) return st;
   const QuantArgs a = make_args(q_out, NULL, x, rows, hidden, x_stride, q_stride);
   const int threads = a.nvec >= kStaticThreads ? kStaticThreads : (int)((a.nvec + 31) / 32 * 32);

@@ -29,7 +29,9 @@
  *
  * Unfused kernels: partial (sums per token into a buffer) and apply (scale with all-reduced sums); the
  * caller all-reduces the buffer in between (our kernels or NCCL). Block = 32..1024 threads, each holding
- * J = 1, 2 or 4 vectors; grid = min(tokens, 1056).
+ * J = 1, 2 or 4 vectors; grid = min(tokens, 1056). With PDL the blocks of the first wave prefetch their first
+ * token's row into L2 before the wait (unfused path through our all-reduce, same proxy, 1-256 tokens: -0.06 to
+ * -0.28 us; perf-log.md 2026-12-04, fourth session).
  * PDL as in allreduce.cu; addresses that depend only on the launch are formed before the wait. */
 #include <stdint.h>
 
@@ -282,9 +284,8 @@ __global__ void __launch_bounds__(kMaxThreads, ONE ? 1 : 0) qk_fused_kernel(tpc_
    * too, no prefetch */
   constexpr bool kLean = kMaxThreads > 256 && J >= 5;
   Group gr(W);
-  int G = blockDim.x / gr.L;
-  int64_t first = (int64_t)blockIdx.x * G + gr.g;
-  asm volatile("" : "+r"(gr.g), "+r"(gr.lane), "+r"(gr.warp_in_group), "+r"(G), "+l"(first));
+  const int G = blockDim.x / gr.L;
+  const int64_t first = (int64_t)blockIdx.x * G + gr.g;
   const int64_t groups = (int64_t)gridDim.x * G;
   const int n = NR ? NR : a.nranks, rank = a.rank, lane = threadIdx.x & 31;
   const size_t M = a.norm_max_tokens;
@@ -305,7 +306,10 @@ __global__ void __launch_bounds__(kMaxThreads, ONE ? 1 : 0) qk_fused_kernel(tpc_
    * source rank), and value k of its poll */
   auto push_off = [&](int64_t t) { return ((size_t)t * nvals + (per_warp ? gr.warp_in_group : 0)) * 8; };
   auto poll_off = [&](int64_t t, int k) { return ((size_t)t * nvals + (size_t)k) * 8; };
-  /* ONE: the row, weight and entry addresses of the group's token too (the poll's first value, k = lane) */
+  /* ONE: the row, weight and entry addresses of the group's token too (the poll's first value, k = lane). The two
+   * offsets are derivable after the wait (one multiply-add each), but precomputed here they are measurably faster:
+   * deriving them cost +0.1 to +0.3 us at 4-64 tokens (2 ranks sharing one H200, PDL forced on; perf-log.md
+   * 2026-12-04, fourth session), while an empty-asm pin of gr, G and first measured no change and was removed. */
   LaneRow<T, J> row;
   size_t one_push = 0, one_poll = 0;
   if constexpr (ONE) {
@@ -434,9 +438,23 @@ __global__ void __launch_bounds__(kMaxThreads, ONE ? 1 : 0) qk_fused_kernel(tpc_
     a.local->norm_epoch[i] = epoch + 1;
 }
 
+/* Unfused kernels, first wave (blockIdx.x < prefetch_blocks, set with PDL): the block's first token's row into L2
+ * before the wait, one thread in 8 (a hint, safe there; it keeps the row's address work before the wait). */
 template <typename T, int J>
-__global__ void __launch_bounds__(1024) qk_partial_kernel(tpc_qk_problem_t p, float2* sums) {
+__device__ __forceinline__ void prefetch_first_row(const tpc_qk_problem_t& p, int64_t prefetch_blocks) {
+  if (blockIdx.x >= prefetch_blocks || blockIdx.x >= p.tokens || (threadIdx.x & 7) != 0) return;
+  const int nv = p.q_vecs + p.k_vecs;
+#pragma unroll
+  for (int j = 0; j < J; j++) {
+    const int i = threadIdx.x + j * blockDim.x;
+    if (i < nv) asm volatile("prefetch.global.L2 [%0];" ::"l"(row_vec<T>(p, blockIdx.x, i)));
+  }
+}
+
+template <typename T, int J>
+__global__ void __launch_bounds__(1024) qk_partial_kernel(tpc_qk_problem_t p, float2* sums, int64_t prefetch_blocks) {
   __shared__ float2 sh[33];
+  prefetch_first_row<T, J>(p, prefetch_blocks);
   pdl_wait();
   pdl_trigger();
   for (int64_t t = blockIdx.x; t < p.tokens; t += gridDim.x) {
@@ -448,7 +466,9 @@ __global__ void __launch_bounds__(1024) qk_partial_kernel(tpc_qk_problem_t p, fl
 }
 
 template <typename T, int J>
-__global__ void __launch_bounds__(1024) qk_apply_kernel(tpc_qk_problem_t p, const float2* sums) {
+__global__ void __launch_bounds__(1024) qk_apply_kernel(tpc_qk_problem_t p, const float2* sums,
+                                                         int64_t prefetch_blocks) {
+  prefetch_first_row<T, J>(p, prefetch_blocks);
   pdl_wait();
   pdl_trigger();
   Weights<J> w;
@@ -479,12 +499,44 @@ cudaError_t launch_unfused(int kind, const tpc_qk_problem_t* p, float* sums, int
   constexpr int64_t kMaxBlocks = 1056;
   const int64_t blocks = p->tokens < kMaxBlocks ? p->tokens : kMaxBlocks;
   cudaLaunchConfig_t cfg = config((int)blocks, threads, pdl, stream, attr);
-  if (kind == 1) return cudaLaunchKernelEx(&cfg, qk_partial_kernel<T, J>, *p, (float2*)sums);
-  return cudaLaunchKernelEx(&cfg, qk_apply_kernel<T, J>, *p, (const float2*)sums);
+  /* with PDL, the first wave (SMs x resident blocks) prefetches its first rows before the wait */
+  int per_sm = 0;
+  if (pdl) {
+    const cudaError_t e = kind == 1 ? resident_blocks_per_sm<qk_partial_kernel<T, J>>(p->device, threads, &per_sm)
+                                    : resident_blocks_per_sm<qk_apply_kernel<T, J>>(p->device, threads, &per_sm);
+    if (e != cudaSuccess) return e;
+  }
+  const int64_t prefetch_blocks = (int64_t)p->sm_count * per_sm;
+  if (kind == 1) return cudaLaunchKernelEx(&cfg, qk_partial_kernel<T, J>, *p, (float2*)sums, prefetch_blocks);
+  return cudaLaunchKernelEx(&cfg, qk_apply_kernel<T, J>, *p, (const float2*)sums, prefetch_blocks);
 }
 
-/* Blocks of the fused kernel one SM holds, per (two ranks, dtype, J, threads / 32); computed once each. */
-std::atomic<int> g_fused_occupancy[2][2][9][17];
+/* One fused kernel family (MAXL threads a group at most, TWO = 2 for two ranks): every block resident at once, since
+ * the groups of one rank wait for the peers' groups and a block waiting for a free SM could wait forever.
+ * a.blocks = the SMs this rank may fill (SMs / ranks on the GPU), unless TPCOMM_NUM_BLOCKS set it; never more than
+ * the GPU's SMs. The occupancy is that of the looping form: it holds more registers than the ONE form, so its count
+ * is safe for both. */
+template <typename T, int J, int MAXL, int TWO>
+cudaError_t launch_fused_family(const tpc_ar_args_t* a, const tpc_qk_problem_t* p, int W, int G, int pdl,
+                                cudaStream_t stream) {
+  const int threads = G * 32 * W;
+  int per_sm = 0;
+  const cudaError_t err = resident_blocks_per_sm<qk_fused_kernel<T, J, MAXL, TWO, false>>(a->device, threads, &per_sm);
+  if (err != cudaSuccess) return err;
+  const int sms = a->sm_count > 0 ? a->sm_count : 1;
+  int64_t blocks = (p->tokens + G - 1) / G;
+  const int64_t cap = (int64_t)per_sm * (a->blocks < sms ? a->blocks : sms);
+  if (blocks > cap) blocks = cap;
+  if (blocks > TPC_QK_MAX_BLOCKS) blocks = TPC_QK_MAX_BLOCKS;
+  /* a group per token at most: the ONE form (groups of up to 8 warps; the 9-16-warp groups of rows over
+   * 2048 vectors a rank keep the looping form) */
+  auto kernel = qk_fused_kernel<T, J, MAXL, TWO, false>;
+  if constexpr (MAXL == 256)
+    if (blocks * G >= p->tokens) kernel = qk_fused_kernel<T, J, MAXL, TWO, true>;
+  cudaLaunchAttribute attr[1];
+  cudaLaunchConfig_t cfg = config((int)blocks, threads, pdl, stream, attr);
+  return cudaLaunchKernelEx(&cfg, kernel, *a, *p, W, pdl);
+}
 
 /* Groups of up to 8 warps: blocks of at most 256 threads (up to 255 registers a thread: row, next row and
  * weights stay in registers up to J = 8). Groups of 9 to 16 warps: one group per block of up to 512
@@ -494,35 +546,13 @@ cudaError_t launch_fused_j(const tpc_ar_args_t* a, const tpc_qk_problem_t* p, in
   const int L = 32 * W;
   int G = L <= 256 ? (256 / L < 8 ? 256 / L : 8) : 1; /* groups per block */
   if (p->tokens < G) G = (int)p->tokens;
-  const int threads = G * L;
   if (L > 512) return cudaErrorInvalidValue;
   const bool two = a->nranks == 2;
-  /* occupancy of the looping form: it holds more registers than the ONE form, so its count is safe for both */
-  auto kernel = L <= 256 ? (two ? qk_fused_kernel<T, J, 256, 2, false> : qk_fused_kernel<T, J, 256, 0, false>)
-                         : (two ? qk_fused_kernel<T, J, 512, 2, false> : qk_fused_kernel<T, J, 512, 0, false>);
-  std::atomic<int>& occ = g_fused_occupancy[two][p->dtype == 1][J][threads / 32];
-  int per_sm = occ.load(std::memory_order_relaxed);
-  if (per_sm == 0) {
-    cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, 0);
-    if (e != cudaSuccess) return e;
-    if (per_sm < 1) per_sm = 1;
-    occ.store(per_sm, std::memory_order_relaxed);
-  }
-  /* every block resident at once: the groups of one rank wait for the peers' groups, so a block waiting for
-   * a free SM could wait forever. a.blocks = the SMs this rank may fill (SMs / ranks on the GPU), unless
-   * TPCOMM_NUM_BLOCKS set it: never count more than the GPU's SMs */
-  const int sms = a->sm_count > 0 ? a->sm_count : 1;
-  int64_t blocks = (p->tokens + G - 1) / G;
-  const int64_t cap = (int64_t)per_sm * (a->blocks < sms ? a->blocks : sms);
-  if (blocks > cap) blocks = cap;
-  if (blocks > TPC_QK_MAX_BLOCKS) blocks = TPC_QK_MAX_BLOCKS;
-  /* a group per token at most: the ONE form (groups of up to 8 warps; the 9-16-warp groups of rows over
-   * 2048 vectors a rank keep the looping form) */
-  if (blocks * G >= p->tokens && L <= 256)
-    kernel = two ? qk_fused_kernel<T, J, 256, 2, true> : qk_fused_kernel<T, J, 256, 0, true>;
-  cudaLaunchAttribute attr[1];
-  cudaLaunchConfig_t cfg = config((int)blocks, threads, pdl, stream, attr);
-  return cudaLaunchKernelEx(&cfg, kernel, *a, *p, W, pdl);
+  if (L <= 256)
+    return two ? launch_fused_family<T, J, 256, 2>(a, p, W, G, pdl, stream)
+               : launch_fused_family<T, J, 256, 0>(a, p, W, G, pdl, stream);
+  return two ? launch_fused_family<T, J, 512, 2>(a, p, W, G, pdl, stream)
+             : launch_fused_family<T, J, 512, 0>(a, p, W, G, pdl, stream);
 }
 
 template <typename T>

@@ -28,6 +28,7 @@ typedef struct {
   float eps;
   float q_total, k_total; /* q_dim_local * world, k_dim_local * world */
   int dtype;              /* 0 bf16, 1 fp16 */
+  int device, sm_count;   /* the CUDA device current at the launch and its SMs (the unfused kernels' first wave) */
 } tpc_qk_problem_t;
 
 /* Largest q_vecs + k_vecs a block can hold in registers (1024 threads x 4 vectors). */
