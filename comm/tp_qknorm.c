@@ -102,12 +102,14 @@ static tpc_status_t run_unfused(struct tpc_comm* c, tpc_qk_problem_t p, tpc_algo
 }
 
 /* auto: fused where the arena can exchange the tokens and measurements say it wins (docs/benchmarks.md,
- * 2 x H200): up to 2048 tokens, inside a CUDA graph and eagerly alike (the fused kernel holds every token
- * in one wave up to there; beyond, the unfused path's wider grids win). `graph` is kept for tables that
- * may differ by mode; TPCOMM_QKNORM_FUSED_MAX_TOKENS sets the limit. */
+ * 2 x H200): up to 1024 tokens, inside a CUDA graph and eagerly alike. At 2048 tokens the fused kernel won for
+ * q/k 6144/1024 (graph 12.32 against 12.65 us) but lost for 4096/1024 (11.16 against 10.91), and from 4096 the
+ * unfused path's wider grids win for both; 1024 keeps auto never slower than the best unfused path in every
+ * measured row. `graph` is kept for tables that may differ by mode; TPCOMM_QKNORM_FUSED_MAX_TOKENS sets the
+ * limit. */
 static tpc_qknorm_path_t auto_path(const struct tpc_comm* c, int64_t tokens, int graph) {
   const int custom = c->transport == TPC_TRANSPORT_CUSTOM && c->arena != NULL;
-  const int64_t limit = c->qknorm_fused_max_tokens >= 0 ? c->qknorm_fused_max_tokens : 2048;
+  const int64_t limit = c->qknorm_fused_max_tokens >= 0 ? c->qknorm_fused_max_tokens : 1024;
   (void)graph;
   return custom && tokens <= c->qknorm_max_tokens && tokens <= limit ? TPC_QKNORM_FUSED : TPC_QKNORM_UNFUSED;
 }
