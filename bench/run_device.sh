@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # run_device.sh — everything a GPU machine run needs, in one call (device time is short):
-#   bash bench/run_device.sh build test shared bench anchors sass
+#   bash bench/run_device.sh topo build test shared bench anchors sass
 # Each step logs to $OUT/<step>.log and prints a short summary; a failing step does not stop the others.
 # Expects .devdeps (../shared/device/fetch-deps.sh) in the tree and `source .devdeps/prelude.sh` first.
 set -uo pipefail
@@ -10,6 +10,11 @@ export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVL
 ngpu=$(nvidia-smi -L 2>/dev/null | wc -l)
 B=build/bin
 
+step_topo() { # the machine's GPUs and links (issues 7 and 8 want it in the note); the probe's decision is the
+  # "# tpcomm: ..., transport ... (reason)" header line of every benchmark
+  nvidia-smi -L && nvidia-smi topo -m || return 1
+  nvidia-smi nvlink --status 2>/dev/null | head -40 || true
+}
 step_build() {
   cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release && ninja -C build
 }
