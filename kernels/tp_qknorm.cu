@@ -563,14 +563,17 @@ cudaError_t launch_typed(int kind, const tpc_ar_args_t* a, const tpc_qk_problem_
     /* fused: J vectors per lane, W = ceil(vectors / 32 J) <= 16 warps per token. Measured on 2 x H200
      * (docs/perf-log.md): few vectors per lane but at most 8 warps a token (J = 2, W = 7 beats J = 1,
      * W = 14 by ~0.2 us for a 448-vector row) while the tokens would take at most ~512 threads per SM at
-     * one vector per lane, J = 4 up to ~1024 threads per SM, J = 8 beyond */
+     * one vector per lane, J = 4 up to ~4096 threads per SM at J = 4, J = 8 beyond. (The J = 8 step was at
+     * 1024 threads per SM; J = 4 beat J = 8 in every row measured: 2 x H200, 1024 and 2048 tokens, -0.6 us;
+     * 2 ranks sharing one H200, the per-SM load of 2048 and 4096 tokens on two GPUs, -2 to -4.4 us;
+     * perf-log.md 2026-12-04, fourth session.) */
     const int j_min = (nv + 511) / 512;
     int j_lat = (nv + 255) / 256;
     if (j_lat > 8) j_lat = 8;
     auto threads_for = [&](int j) { return p->tokens * 32 * ((nv + 32 * j - 1) / (32 * j)); };
     int J = j_lat;
     if (threads_for(j_min) > (int64_t)a->blocks * 512) J = J > 4 ? J : 4;
-    if (threads_for(J) > (int64_t)a->blocks * 1024) J = 8;
+    if (threads_for(J) > (int64_t)a->blocks * 4096) J = 8;
     const int W = (nv + 32 * J - 1) / (32 * J);
     switch (J) {
       case 1: return launch_fused_j<T, 1>(a, p, W, pdl, stream);
