@@ -14,12 +14,15 @@
 #include "tp_qknorm_ref.h"
 
 #define QK_CMD "tp_qknorm"
+#define QK_MAX_SHAPES 8
 
 typedef struct {
   int graph, iters, warmup, check, reps;
   long max_tokens;
   tpc_dtype_t dtype;
   const char* json_path;
+  int nshapes;                    /* 0: the default shapes */
+  int64_t shapes[QK_MAX_SHAPES][2]; /* global q/k dims from -s */
 } qk_opts_t;
 
 enum { P_FUSED, P_UNFUSED_NCCL, P_UNFUSED_OURS, P_AUTO, NPATHS };
@@ -42,6 +45,8 @@ void bench_tp_qknorm_usage(FILE* f) {
           "Usage: %s tp_qknorm [options]\n"
           "  Tensor-parallel QK-RMSNorm: fused vs partial-sums + all-reduce (NCCL or ours) + apply.\n"
           "  Shapes (global q/k dims): 6144/1024 (MiniMax-M2) and 4096/1024, split over the ranks.\n"
+          "  -s, --shape Q:K      global q and k dims instead (multiples of 8; repeat for more, at most 8);\n"
+          "                       a shape whose dims / ranks are not multiples of 8 is skipped with a note\n"
           "  -t, --max-tokens N   largest token count (default 16384; counts are 1, 2, 4, ... N)\n"
           "  -G, --graph          time inside a CUDA graph (the decode case)\n"
           "  -n, --iters N        calls timed (default 100)\n"
@@ -50,6 +55,29 @@ void bench_tp_qknorm_usage(FILE* f) {
           "  -d, --datatype T     bfloat16 (default) or half\n"
           "  -J, --json FILE      write the rows as JSON\n",
           BENCH_PROGRAM);
+}
+
+/* -s Q:K: two dims, each a positive multiple of 8 up to 2^20 */
+static int parse_shape(const char* val, qk_opts_t* o) {
+  static const char* why = "expected Q:K, two multiples of 8 from 8 to 1048576 (global q and k dims)";
+  if (o->nshapes == QK_MAX_SHAPES)
+    return bench_usage_error(QK_CMD, "too many -s/--shape options at '%s': at most %d", val, QK_MAX_SHAPES);
+  const char* colon = val ? strchr(val, ':') : NULL;
+  char q[24], k[24];
+  if (!colon || colon == val || (size_t)(colon - val) >= sizeof q || strlen(colon + 1) >= sizeof k)
+    return bench_usage_error(QK_CMD, "invalid value '%s' for -s/--shape: %s", val ? val : "(null)", why);
+  memcpy(q, val, (size_t)(colon - val));
+  q[colon - val] = 0;
+  strcpy(k, colon + 1);
+  long qd, kd;
+  if (bench_parse_long(QK_CMD, "-s/--shape (q dim)", q, 8, 1 << 20, &qd) ||
+      bench_parse_long(QK_CMD, "-s/--shape (k dim)", k, 8, 1 << 20, &kd))
+    return -1;
+  if (qd % 8 || kd % 8) return bench_usage_error(QK_CMD, "invalid value '%s' for -s/--shape: %s", val, why);
+  o->shapes[o->nshapes][0] = qd;
+  o->shapes[o->nshapes][1] = kd;
+  o->nshapes++;
+  return 0;
 }
 
 /* bench_apply_fn: one option; 0 on success, non-zero (message printed) on a bad value. */
@@ -77,6 +105,7 @@ static int apply_option(int c, int argc, char** argv, void* opts) {
         return bench_usage_error(QK_CMD, "invalid value '%s' for -d/--datatype: expected bfloat16 or half", optarg);
       return 0;
     case 'J': return bench_parse_path(QK_CMD, "-J/--json", optarg, &o->json_path);
+    case 's': return parse_shape(optarg, o);
     default: return -1;
   }
 }
@@ -85,9 +114,10 @@ static int apply_option(int c, int argc, char** argv, void* opts) {
 static int parse_opts(int argc, char** argv, qk_opts_t* o) {
   static const struct option longs[] = {{"max-tokens", 1, 0, 't'}, {"graph", 0, 0, 'G'}, {"iters", 1, 0, 'n'},
                                         {"warmup_iters", 1, 0, 'w'}, {"check", 1, 0, 'c'}, {"datatype", 1, 0, 'd'},
-                                        {"json", 1, 0, 'J'},         {"help", 0, 0, 'h'},  {0, 0, 0, 0}};
-  *o = (qk_opts_t){0, 100, 10, 1, 5, 16384, TPC_BFLOAT16, NULL};
-  return bench_parse_options(QK_CMD, argc, argv, ":t:Gn:w:c:d:J:h", longs, bench_tp_qknorm_usage, apply_option, o);
+                                        {"json", 1, 0, 'J'},         {"shape", 1, 0, 's'}, {"help", 0, 0, 'h'},
+                                        {0, 0, 0, 0}};
+  *o = (qk_opts_t){0, 100, 10, 1, 5, 16384, TPC_BFLOAT16, NULL, 0, {{0}}};
+  return bench_parse_options(QK_CMD, argc, argv, ":t:Gn:w:c:d:J:s:h", longs, bench_tp_qknorm_usage, apply_option, o);
 }
 
 static bench_rc_t enqueue(void* arg, cudaStream_t stream) {
@@ -241,8 +271,10 @@ static bench_rc_t run(bench_ctx_t* ctx, const qk_opts_t* o, bench_json_t* js, ui
   bench_table_col(&tab, "speedup", "", 8);
   bench_table_col(&tab, "#wrong", "", 7);
   bench_table_print_header(&tab, out);
-  const int64_t shapes[][2] = {{6144, 1024}, {4096, 1024}};
-  for (int s = 0; s < 2; s++) BENCH_CHECK(run_shape(ctx, o, shapes[s][0], shapes[s][1], &tab, js, wrong));
+  static const int64_t defaults[][2] = {{6144, 1024}, {4096, 1024}};
+  const int64_t(*shapes)[2] = o->nshapes ? o->shapes : defaults;
+  const int nshapes = o->nshapes ? o->nshapes : 2;
+  for (int s = 0; s < nshapes; s++) BENCH_CHECK(run_shape(ctx, o, shapes[s][0], shapes[s][1], &tab, js, wrong));
   bench_printf(out, "# #wrong total: %llu\n", (unsigned long long)*wrong);
   return BENCH_OK;
 }
