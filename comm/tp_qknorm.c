@@ -5,6 +5,8 @@
  *   unfused:  partial kernel -> all-reduce (auto or nccl; allreduce.c's tpc_all_reduce_enqueue) of
  *             [tokens][2] floats in comm->qk_scratch -> apply kernel, in chunks of TPCOMM_QKNORM_MAX_TOKENS tokens; world size 1 skips the
  *             all-reduce.
+ *   local:    world size 1 (nothing to exchange): the fused path is one single-GPU kernel,
+ *             tpc_qk_rmsnorm_across_heads (kernels/norm.cu), at any token count.
  * Relies on: allreduce.c's placement checks, stream ordering (one operation in flight) and all-reduce
  * dispatch. */
 #include <math.h>
@@ -16,6 +18,7 @@
 #include "comm.h"
 #include "ipc.h"
 #include "tp_qknorm.h"
+#include "tpcomm/kernels.h"
 
 static const char k_fn[] = "tpc_tp_qk_rmsnorm";
 
@@ -64,6 +67,7 @@ static tpc_status_t check_args(struct tpc_comm* c, void* q, void* k, const void*
   TPC_CHECK(check_aligned(c, "k", k));
   TPC_CHECK(check_aligned(c, "q_weight", wq));
   TPC_CHECK(check_aligned(c, "k_weight", wk));
+  if (q == k) return tpc_error(c, TPC_ERR_INVALID_ARGUMENT, "%s: q and k are the same buffer (%p)", k_fn, q);
   return TPC_SUCCESS;
 }
 
@@ -78,6 +82,16 @@ static tpc_status_t run_fused(struct tpc_comm* c, const tpc_qk_problem_t* p, con
   TPC_CHECK(tpc_order_before(c, stream, cap));
   TPC_CHECK(launch_error(c, tpc_qk_launch_fused(&c->arena->args, p, pdl, stream), "fused"));
   return tpc_order_after(c, stream, cap);
+}
+
+/* World size 1: the local rows are the whole vectors, so the across-heads norm computes the same function in
+ * one kernel with no exchange and no shared buffer (no ordering against the communicator's other calls). */
+static tpc_status_t run_local(struct tpc_comm* c, const tpc_qk_problem_t* p, int64_t qd, int64_t kd, tpc_dtype_t dtype,
+                              cudaStream_t stream) {
+  const tpc_status_t st = tpc_qk_rmsnorm_across_heads(p->q, p->k, p->q_weight, p->k_weight, p->tokens, qd, kd,
+                                                      p->q_stride, p->k_stride, p->eps, dtype, stream);
+  if (st != TPC_SUCCESS) return tpc_error(c, st, "%s (world size 1): %s", k_fn, tpc_thread_last_error());
+  return TPC_SUCCESS;
 }
 
 /* The all-reduce of each chunk is enqueued directly (tpc_all_reduce_enqueue): its arguments (the
@@ -106,8 +120,9 @@ static tpc_status_t run_unfused(struct tpc_comm* c, tpc_qk_problem_t p, tpc_algo
  * q/k 6144/1024 (graph 12.32 against 12.65 us) but lost for 4096/1024 (11.16 against 10.91), and from 4096 the
  * unfused path's wider grids win for both; 1024 keeps auto never slower than the best unfused path in every
  * measured row. `graph` is kept for tables that may differ by mode; TPCOMM_QKNORM_FUSED_MAX_TOKENS sets the
- * limit. */
+ * limit. World size 1 always takes the one-kernel path (run_local). */
 static tpc_qknorm_path_t auto_path(const struct tpc_comm* c, int64_t tokens, int graph) {
+  if (c->nranks == 1) return TPC_QKNORM_FUSED; /* one kernel, any token count (run_local) */
   const int custom = c->transport == TPC_TRANSPORT_CUSTOM && c->arena != NULL;
   const int64_t limit = c->qknorm_fused_max_tokens >= 0 ? c->qknorm_fused_max_tokens : 1024;
   (void)graph;
@@ -135,7 +150,7 @@ tpc_status_t tpc_tp_qk_rmsnorm_path(tpc_comm_t comm, void* q, void* k, const voi
   const int custom = comm->transport == TPC_TRANSPORT_CUSTOM && comm->arena != NULL;
   const int fits = num_tokens <= comm->qknorm_max_tokens;
   if (path == TPC_QKNORM_AUTO) path = auto_path(comm, num_tokens, 0); /* the same limit in a capture and eagerly */
-  if (path == TPC_QKNORM_FUSED && !(custom && fits))
+  if (path == TPC_QKNORM_FUSED && comm->nranks > 1 && !(custom && fits))
     return tpc_error(comm, TPC_ERR_UNSUPPORTED, "%s: the fused path needs the custom transport (%s) and num_tokens=%lld "
                      "<= TPCOMM_QKNORM_MAX_TOKENS=%lld", k_fn, comm->transport_reason, (long long)num_tokens,
                      (long long)comm->qknorm_max_tokens);
@@ -157,7 +172,9 @@ tpc_status_t tpc_tp_qk_rmsnorm_path(tpc_comm_t comm, void* q, void* k, const voi
                                 (float)(k_dim_local * comm->nranks), dtype == TPC_BFLOAT16 ? 0 : 1,
                                 comm->device, comm->sm_count};
     const int pdl = comm->pdl;
-    if (path == TPC_QKNORM_FUSED) st = run_fused(comm, &p, &cap, stream, pdl);
+    if (path == TPC_QKNORM_FUSED && comm->nranks == 1)
+      st = run_local(comm, &p, q_dim_local, k_dim_local, dtype, stream);
+    else if (path == TPC_QKNORM_FUSED) st = run_fused(comm, &p, &cap, stream, pdl);
     else st = run_unfused(comm, p, path == TPC_QKNORM_UNFUSED_NCCL ? TPC_ALGO_NCCL : TPC_ALGO_AUTO, &cap, stream, pdl);
   }
   if (prev != comm->device) cudaSetDevice(prev);

@@ -175,7 +175,8 @@ tpc_status_t tpc_all_reduce_algo(const void* sendbuf, void* recvbuf, size_t coun
  * Safe in CUDA graphs; num_tokens 0 is a no-op. */
 typedef enum {
   TPC_QKNORM_AUTO = 0,         /* fused where the custom transport allows it and it is faster */
-  TPC_QKNORM_FUSED = 1,        /* one kernel: partial sums exchanged through the IPC buffers */
+  TPC_QKNORM_FUSED = 1,        /* one kernel: partial sums exchanged through the IPC buffers (world size 1: the
+                                  across-heads norm, nothing to exchange, any num_tokens) */
   TPC_QKNORM_UNFUSED = 2,      /* partial-sum kernel, tpc_all_reduce (auto) of [tokens][2] floats, apply kernel */
   TPC_QKNORM_UNFUSED_NCCL = 3, /* the same with ncclAllReduce */
   TPC_NUM_QKNORM_PATHS = 4

@@ -195,12 +195,15 @@ Test(api, tp_qknorm_bad_arguments) {
              TPC_ERR_INVALID_ARGUMENT, "path=9");
   cr_assert_eq(tpc_tp_qk_rmsnorm(c, NULL, NULL, NULL, NULL, 0, 64, 8, 64, 8, 1e-6f, TPC_BFLOAT16, 0),
                TPC_ERR_INVALID_ARGUMENT, "NULL q is rejected even with 0 tokens");
-  cr_assert_eq(tpc_tp_qk_rmsnorm(c, b, b, b, b, 0, 64, 8, 64, 8, 1e-6f, TPC_BFLOAT16, 0), TPC_SUCCESS,
+  void* k = buf + 2048;
+  ASSERT_ERR(tpc_tp_qk_rmsnorm(c, b, b, b, b, 4, 64, 8, 64, 8, 1e-6f, TPC_BFLOAT16, 0), TPC_ERR_INVALID_ARGUMENT,
+             "q and k are the same buffer");
+  cr_assert_eq(tpc_tp_qk_rmsnorm(c, b, k, b, b, 0, 64, 8, 64, 8, 1e-6f, TPC_BFLOAT16, 0), TPC_SUCCESS,
                "0 tokens is a no-op");
   c->transport = TPC_TRANSPORT_NCCL;
   strcpy(c->transport_reason, "nccl: TPCOMM_P2P_DISABLE=1");
   c->qknorm_max_tokens = 100;
-  ASSERT_ERR(tpc_tp_qk_rmsnorm_path(c, b, b, b, b, 4, 64, 8, 64, 8, 1e-6f, TPC_BFLOAT16, TPC_QKNORM_FUSED, 0),
+  ASSERT_ERR(tpc_tp_qk_rmsnorm_path(c, b, k, b, b, 4, 64, 8, 64, 8, 1e-6f, TPC_BFLOAT16, TPC_QKNORM_FUSED, 0),
              TPC_ERR_UNSUPPORTED, "custom transport");
   free(c);
 }

@@ -1,8 +1,9 @@
 /* qk_worker.c — one rank of the GPU tests of tpc_tp_qk_rmsnorm, started by tpcomm-run from
  * test_qknorm_gpu.c. For q/k shapes (global dims split over the ranks), token counts from 1 to past the
  * exchange capacity, bf16 and fp16, eager and graph, and every path (fused, unfused with our all-reduce,
- * unfused with NCCL, auto): fresh inputs with strided rows whose padding must stay untouched, results
- * against a double-precision CPU reference of the full-vector norm, and the paths against each other.
+ * unfused with NCCL, auto; at world size 1 "fused" is the across-heads kernel): fresh inputs with strided
+ * rows whose padding must stay untouched, results against a double-precision CPU reference of the
+ * full-vector norm, and the paths against each other.
  * argv: [--quick]. Prints "rank R: N passed, M failed" (testutil's worker report); exits non-zero on
  * failure. */
 #define _GNU_SOURCE
@@ -170,9 +171,15 @@ int main(int argc, char** argv) {
         if (s.qd % 8 || s.kd % 8) continue;
         s.qs = s.qd + 64; /* strided rows (e.g. q is a view into a fused qkv tensor) */
         s.ks = s.kd + 8;
-        test_shape(comm, &s, tr == TPC_TRANSPORT_CUSTOM, nccl != NULL || g_size == 1);
+        test_shape(comm, &s, tr == TPC_TRANSPORT_CUSTOM || g_size == 1, nccl != NULL || g_size == 1);
       }
     }
+  }
+  if (g_size == 1) { /* nothing to exchange: auto takes the one-kernel path at every token count */
+    tpc_qknorm_path_t chosen = TPC_QKNORM_UNFUSED;
+    tpc_status_t st = tpc_tp_qk_rmsnorm_choice(comm, 40000, 1, &chosen);
+    tpc_test_report(st == TPC_SUCCESS && chosen == TPC_QKNORM_FUSED, "world size 1, 40000 tokens: auto chose %s (%s)",
+                    path_name(chosen), st == TPC_SUCCESS ? "ok" : tpc_get_last_error(comm));
   }
   /* bad input on a real communicator */
   void* buf;
