@@ -207,3 +207,24 @@ Test(api, tp_qknorm_bad_arguments) {
              TPC_ERR_UNSUPPORTED, "custom transport");
   free(c);
 }
+
+/* auto's choice without a GPU: world size 1 always takes the one-kernel path (nothing to exchange); more ranks
+ * without the custom transport (or above the exchange capacity) take the unfused path. */
+Test(api, tp_qknorm_choice) {
+  struct tpc_comm* c = fake_comm();
+  c->qknorm_max_tokens = 4096;
+  c->qknorm_fused_max_tokens = -1;
+  c->transport = TPC_TRANSPORT_NCCL;
+  tpc_qknorm_path_t p = TPC_QKNORM_AUTO;
+  cr_assert_eq(tpc_tp_qk_rmsnorm_choice(c, 1, 1, &p), TPC_SUCCESS);
+  cr_assert_eq(p, TPC_QKNORM_UNFUSED, "2 ranks over NCCL: unfused, got %d", (int)p);
+  c->nranks = 1;
+  c->transport = TPC_TRANSPORT_LOCAL;
+  for (int64_t t = 1; t <= 65536; t *= 16) {
+    p = TPC_QKNORM_AUTO;
+    cr_assert_eq(tpc_tp_qk_rmsnorm_choice(c, t, t & 1, &p), TPC_SUCCESS);
+    cr_assert_eq(p, TPC_QKNORM_FUSED, "world size 1, %lld tokens: the one-kernel path, got %d", (long long)t, (int)p);
+  }
+  ASSERT_ERR(tpc_tp_qk_rmsnorm_choice(c, 1, 1, NULL), TPC_ERR_INVALID_ARGUMENT, "path is NULL");
+  free(c);
+}
