@@ -304,62 +304,92 @@ typedef enum { L_DENSE, L_STRIDED, L_MISALIGNED, L_QKV } layout_t;
 static const char* const k_layout[] = {"dense", "strided", "misaligned", "qkv"};
 static const char* dname(tpc_dtype_t dt) { return dt == TPC_BFLOAT16 ? "bf16" : "fp16"; }
 
+/* ---- q and k of one in-place norm case ----------------------------------------------------------------- */
+
+/* q and k rows in their own buffers, or both inside one [tokens][q | k | v] buffer (L_QKV; v stays poison).
+ * L_MISALIGNED: every pointer one element past 16-byte alignment. The host references rq/rk are the
+ * caller's to fill between qk_case_init and qk_case_upload. */
+typedef struct {
+  tbuf_t q, k, wq, wk;
+  tbuf_t* kb; /* &k, or &q under L_QKV */
+  int64_t tokens, qw, kw, qs, ks, kcol;
+  double *rq, *rk;
+} qk_case_t;
+
+static uint16_t* qk_case_k(qk_case_t* c) { return tb_host(c->kb) + c->kcol; }
+static void* qk_case_k_dev(qk_case_t* c) { return (uint16_t*)tb_dev(c->kb) + c->kcol; }
+
+/* pad: the extra row elements of q and k under L_STRIDED, then under L_MISALIGNED (odd there) */
+static void qk_case_init(qk_case_t* c, tpc_dtype_t dt, int64_t tokens, int64_t qw, int64_t kw, int64_t wq_len,
+                         int64_t wk_len, layout_t lay, const int64_t pad[4], uint64_t seed) {
+  const size_t mis = lay == L_MISALIGNED ? 1 : 0;
+  c->tokens = tokens, c->qw = qw, c->kw = kw, c->qs = qw, c->ks = kw, c->kcol = 0, c->kb = &c->k;
+  if (lay == L_STRIDED) c->qs = qw + pad[0], c->ks = kw + pad[1];
+  if (lay == L_MISALIGNED) c->qs = qw + pad[2], c->ks = kw + pad[3];
+  if (lay == L_QKV) {
+    c->qs = c->ks = qw + 2 * kw;
+    c->kcol = qw;
+    tb_init(&c->q, (size_t)(tokens * c->qs), 0);
+    c->kb = &c->q;
+  } else {
+    tb_init(&c->q, (size_t)((tokens - 1) * c->qs + qw), mis);
+    tb_init(&c->k, (size_t)((tokens - 1) * c->ks + kw), mis);
+  }
+  tb_init(&c->wq, (size_t)wq_len, mis);
+  tb_init(&c->wk, (size_t)wk_len, mis);
+  fill_rows(tb_host(&c->q), tokens, qw, c->qs, seed, dt);
+  fill_rows(qk_case_k(c), tokens, kw, c->ks, seed + 1, dt);
+  fill_weight(tb_host(&c->wq), wq_len, seed + 2, dt);
+  fill_weight(tb_host(&c->wk), wk_len, seed + 3, dt);
+  c->rq = malloc((size_t)(tokens * qw) * sizeof(double));
+  c->rk = malloc((size_t)(tokens * kw) * sizeof(double));
+  cr_assert(c->rq && c->rk);
+}
+
+/* The expected rows from rq/rk, then every buffer to the device. */
+static void qk_case_upload(qk_case_t* c) {
+  tb_expect_near(&c->q, c->rq, c->tokens, c->qw, c->qs, 0);
+  tb_expect_near(c->kb, c->rk, c->tokens, c->kw, c->ks, c->kcol);
+  tb_upload(&c->q);
+  if (c->kb != &c->q) tb_upload(c->kb);
+  tb_upload(&c->wq);
+  tb_upload(&c->wk);
+}
+
+/* Back from the device, every buffer checked (weights and guards untouched, rows as expected), freed;
+ * returns the number of wrong elements. */
+static size_t qk_case_finish(qk_case_t* c, const char* what, tpc_dtype_t dt) {
+  tb_download(&c->q);
+  if (c->kb != &c->q) tb_download(c->kb);
+  tb_download(&c->wq);
+  tb_download(&c->wk);
+  size_t wrong = tb_check(&c->q, what, dt) + (c->kb != &c->q ? tb_check(c->kb, what, dt) : 0) +
+                 tb_check(&c->wq, what, dt) + tb_check(&c->wk, what, dt);
+  free(c->rq);
+  free(c->rk);
+  tb_free(&c->q);
+  if (c->kb != &c->q) tb_free(c->kb);
+  tb_free(&c->wq);
+  tb_free(&c->wk);
+  return wrong;
+}
+
 /* ---- per head ----------------------------------------------------------------------------------------- */
 
-/* One per-head call, checked; returns the number of wrong elements. L_QKV: q and k inside one [tokens][q | k | v]
- * buffer (v stays poison). L_MISALIGNED: every pointer one element past 16-byte alignment, odd strides. */
+/* One per-head call, checked; returns the number of wrong elements. */
 static size_t run_per_head(tpc_dtype_t dt, int D, int qh, int kh, int64_t tokens, layout_t lay, uint64_t seed) {
-  const int64_t qw = (int64_t)qh * D, kw = (int64_t)kh * D;
-  const size_t mis = lay == L_MISALIGNED ? 1 : 0;
-  int64_t qs = qw, ks = kw, kcol = 0;
-  if (lay == L_STRIDED) qs = qw + 24, ks = kw + 8;
-  if (lay == L_MISALIGNED) qs = qw + 3, ks = kw + 5;
-  tbuf_t bq, bk, bwq, bwk;
-  tbuf_t* tk = &bk;
-  if (lay == L_QKV) {
-    qs = ks = qw + 2 * kw;
-    kcol = qw;
-    tb_init(&bq, (size_t)(tokens * qs), 0);
-    tk = &bq;
-  } else {
-    tb_init(&bq, (size_t)((tokens - 1) * qs + qw), mis);
-    tb_init(&bk, (size_t)((tokens - 1) * ks + kw), mis);
-  }
-  tb_init(&bwq, (size_t)D, mis);
-  tb_init(&bwk, (size_t)D, mis);
-  fill_rows(tb_host(&bq), tokens, qw, qs, seed, dt);
-  fill_rows(tb_host(tk) + kcol, tokens, kw, ks, seed + 1, dt);
-  fill_weight(tb_host(&bwq), D, seed + 2, dt);
-  fill_weight(tb_host(&bwk), D, seed + 3, dt);
-  double* rq = malloc((size_t)(tokens * qw) * sizeof(double));
-  double* rk = malloc((size_t)(tokens * kw) * sizeof(double));
-  cr_assert(rq && rk);
-  tpc_ref_qk_rmsnorm_per_head(rq, rk, tb_host(&bq), tb_host(tk) + kcol, tb_host(&bwq), tb_host(&bwk), tokens, qh, kh, D,
-                              qs, ks, EPS, dt);
-  tb_expect_near(&bq, rq, tokens, qw, qs, 0);
-  tb_expect_near(tk, rk, tokens, kw, ks, kcol);
-  tb_upload(&bq);
-  if (tk != &bq) tb_upload(tk);
-  tb_upload(&bwq);
-  tb_upload(&bwk);
-  TPC_OK(tpc_qk_rmsnorm_per_head(tb_dev(&bq), (uint16_t*)tb_dev(tk) + kcol, tb_dev(&bwq), tb_dev(&bwk), tokens, qh, kh,
-                                 D, qs, ks, EPS, dt, g_stream));
-  tb_download(&bq);
-  if (tk != &bq) tb_download(tk);
-  tb_download(&bwq);
-  tb_download(&bwk);
+  static const int64_t pad[4] = {24, 8, 3, 5};
+  qk_case_t c;
+  qk_case_init(&c, dt, tokens, (int64_t)qh * D, (int64_t)kh * D, D, D, lay, pad, seed);
+  tpc_ref_qk_rmsnorm_per_head(c.rq, c.rk, tb_host(&c.q), qk_case_k(&c), tb_host(&c.wq), tb_host(&c.wk), tokens, qh,
+                              kh, D, c.qs, c.ks, EPS, dt);
+  qk_case_upload(&c);
+  TPC_OK(tpc_qk_rmsnorm_per_head(tb_dev(&c.q), qk_case_k_dev(&c), tb_dev(&c.wq), tb_dev(&c.wk), tokens, qh, kh, D,
+                                 c.qs, c.ks, EPS, dt, g_stream));
   char what[160];
   snprintf(what, sizeof what, "per_head %s D=%d q_heads=%d kv_heads=%d tokens=%lld %s", dname(dt), D, qh, kh,
            (long long)tokens, k_layout[lay]);
-  size_t wrong = tb_check(&bq, what, dt) + (tk != &bq ? tb_check(tk, what, dt) : 0) + tb_check(&bwq, what, dt) +
-                 tb_check(&bwk, what, dt);
-  free(rq);
-  free(rk);
-  tb_free(&bq);
-  if (tk != &bq) tb_free(tk);
-  tb_free(&bwq);
-  tb_free(&bwk);
-  return wrong;
+  return qk_case_finish(&c, what, dt);
 }
 
 #define EXPECT_RIGHT(call, fmt, ...)                                    \
@@ -553,56 +583,18 @@ Test(norms_gpu, rmsnorm_in_place) {
 /* ---- across heads ------------------------------------------------------------------------------------- */
 
 static size_t run_across(tpc_dtype_t dt, int64_t tokens, int64_t qh, int64_t kh, layout_t lay, uint64_t seed) {
-  const size_t mis = lay == L_MISALIGNED ? 1 : 0;
-  int64_t qs = qh, ks = kh, kcol = 0;
-  if (lay == L_STRIDED) qs = qh + 64, ks = kh + 8;
-  if (lay == L_MISALIGNED) qs = qh + 1, ks = kh + 7;
-  tbuf_t bq, bk, bwq, bwk;
-  tbuf_t* tk = &bk;
-  if (lay == L_QKV) {
-    qs = ks = qh + 2 * kh;
-    kcol = qh;
-    tb_init(&bq, (size_t)(tokens * qs), 0);
-    tk = &bq;
-  } else {
-    tb_init(&bq, (size_t)((tokens - 1) * qs + qh), mis);
-    tb_init(&bk, (size_t)((tokens - 1) * ks + kh), mis);
-  }
-  tb_init(&bwq, (size_t)qh, mis);
-  tb_init(&bwk, (size_t)kh, mis);
-  fill_rows(tb_host(&bq), tokens, qh, qs, seed, dt);
-  fill_rows(tb_host(tk) + kcol, tokens, kh, ks, seed + 1, dt);
-  fill_weight(tb_host(&bwq), qh, seed + 2, dt);
-  fill_weight(tb_host(&bwk), kh, seed + 3, dt);
-  double* rq = malloc((size_t)(tokens * qh) * sizeof(double));
-  double* rk = malloc((size_t)(tokens * kh) * sizeof(double));
-  cr_assert(rq && rk);
-  tpc_ref_rmsnorm(rq, tb_host(&bq), tb_host(&bwq), tokens, qh, qs, EPS, dt);
-  tpc_ref_rmsnorm(rk, tb_host(tk) + kcol, tb_host(&bwk), tokens, kh, ks, EPS, dt);
-  tb_expect_near(&bq, rq, tokens, qh, qs, 0);
-  tb_expect_near(tk, rk, tokens, kh, ks, kcol);
-  tb_upload(&bq);
-  if (tk != &bq) tb_upload(tk);
-  tb_upload(&bwq);
-  tb_upload(&bwk);
-  TPC_OK(tpc_qk_rmsnorm_across_heads(tb_dev(&bq), (uint16_t*)tb_dev(tk) + kcol, tb_dev(&bwq), tb_dev(&bwk), tokens, qh,
-                                     kh, qs, ks, EPS, dt, g_stream));
-  tb_download(&bq);
-  if (tk != &bq) tb_download(tk);
-  tb_download(&bwq);
-  tb_download(&bwk);
+  static const int64_t pad[4] = {64, 8, 1, 7};
+  qk_case_t c;
+  qk_case_init(&c, dt, tokens, qh, kh, qh, kh, lay, pad, seed);
+  tpc_ref_rmsnorm(c.rq, tb_host(&c.q), tb_host(&c.wq), tokens, qh, c.qs, EPS, dt);
+  tpc_ref_rmsnorm(c.rk, qk_case_k(&c), tb_host(&c.wk), tokens, kh, c.ks, EPS, dt);
+  qk_case_upload(&c);
+  TPC_OK(tpc_qk_rmsnorm_across_heads(tb_dev(&c.q), qk_case_k_dev(&c), tb_dev(&c.wq), tb_dev(&c.wk), tokens, qh, kh,
+                                     c.qs, c.ks, EPS, dt, g_stream));
   char what[160];
   snprintf(what, sizeof what, "across_heads %s tokens=%lld q_hidden=%lld k_hidden=%lld %s", dname(dt),
            (long long)tokens, (long long)qh, (long long)kh, k_layout[lay]);
-  size_t wrong = tb_check(&bq, what, dt) + (tk != &bq ? tb_check(tk, what, dt) : 0) + tb_check(&bwq, what, dt) +
-                 tb_check(&bwk, what, dt);
-  free(rq);
-  free(rk);
-  tb_free(&bq);
-  if (tk != &bq) tb_free(tk);
-  tb_free(&bwq);
-  tb_free(&bwk);
-  return wrong;
+  return qk_case_finish(&c, what, dt);
 }
 
 static void across_matrix(tpc_dtype_t dt) {
